@@ -1,0 +1,90 @@
+"""Blob: a named N-D array with its gradient, as in Caffe."""
+import numpy
+
+from . import backend
+
+
+class Blob:
+    """Data and diff arrays of one shape.
+
+    Learnable blobs are rebound by the Net to views into its flat parameter
+    buffers (see `Net`), so their `data` and `diff` must be written in place
+    (`blob.data[...] = x`), never reassigned, to keep the sharing intact.
+    """
+
+    def __init__(self, shape=(), dtype=numpy.float32, xp=None):
+        self.xp = xp or backend.array_module()
+        self.dtype = numpy.dtype(dtype)
+        self._data = None
+        self._diff = None
+        self._shape = None
+        self.reshape(shape)
+
+    # -- shape ---------------------------------------------------------------
+    def reshape(self, *shape):
+        """Change the shape; memory is kept when the element count does not change."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, numpy.integer)):
+            shape = shape[0]
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError("blob dimensions must be non-negative, got %s" % (shape,))
+        if shape == self._shape:
+            return
+        count = int(numpy.prod(shape, dtype=numpy.int64))
+        if self._data is not None and self._data.size == count:
+            self._data = self._data.reshape(shape)
+            self._diff = self._diff.reshape(shape)
+        else:
+            self._data = self.xp.zeros(shape, self.dtype)
+            self._diff = self.xp.zeros(shape, self.dtype)
+        self._shape = shape
+
+    def reshape_like(self, other):
+        self.reshape(other.shape)
+
+    def bind(self, data, diff):
+        """Make this blob's data and diff the given arrays (views into flat buffers)."""
+        assert data.shape == diff.shape
+        self._data, self._diff, self._shape = data, diff, tuple(data.shape)
+        self.xp = backend.get_array_module(data)
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count(self):
+        return int(self._data.size)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data[...] = value
+
+    @property
+    def diff(self):
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        self._diff[...] = value
+
+    def _legacy(self, axis):
+        if len(self._shape) > 4:
+            raise ValueError("legacy accessor on a blob with %d axes" % len(self._shape))
+        padded = tuple(self._shape) + (1,) * (4 - len(self._shape))  # Caffe pads at the end
+        return padded[axis]
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def shape_string(self):
+        return " ".join(str(d) for d in self._shape) + " (%d)" % self.count
+
+    def __repr__(self):
+        return "Blob(%s)" % (self.shape_string(),)
