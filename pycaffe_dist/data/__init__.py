@@ -1,0 +1,1 @@
+"""Datasets: LMDB, Datum, transformation and the prefetch pipeline."""

@@ -1,0 +1,12 @@
+"""One module per `pycaffe-dist` subcommand, each with `main(argv) -> int`."""
+
+COMMANDS = (
+    "train",
+    "test",
+    "time",
+    "device_query",
+    "convert_mnist_data",
+    "convert_imageset",
+    "convert_cifar_data",
+    "compute_image_mean",
+)
