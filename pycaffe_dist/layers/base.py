@@ -116,6 +116,10 @@ class Layer:
             raise LayerError("layer %r (%s) cannot propagate a gradient to its bottoms"
                              % (self.name, self.type))
 
+    def allow_force_backward(self, bottom_index):
+        # A loss layer's second bottom is its label: never differentiated.
+        return not (self.is_loss and bottom_index == 1)
+
     # -- helpers for subclasses -------------------------------------------------
     def make_blob(self, shape, filler=None):
         """A learnable blob of `shape`, filled by a FillerParameter when given."""

@@ -1,0 +1,309 @@
+"""The step loop every solver shares: test, forward/backward, display, update, snapshot."""
+import logging
+import os
+import time
+
+import numpy
+
+from .. import backend
+from ..net import Net, TEST, TRAIN
+from ..proto import caffe_pb2, io as proto_io
+from ..proto.errors import ProtoError
+from . import lr_policy, updates
+
+log = logging.getLogger("pycaffe_dist")
+
+STOP, SNAPSHOT = "stop", "snapshot"
+
+
+class SolverError(ProtoError):
+    """A solver definition that cannot be used; names the solver file."""
+
+
+class Callback:
+    """Hooks a parallel strategy plugs in (DESIGN.md, contract 5)."""
+
+    def on_start(self, solver):
+        pass
+
+    def on_gradients_ready(self, solver):
+        pass
+
+
+def _resolve(path, base_dir):
+    """Caffe resolves paths against the working directory; also try the solver's folder."""
+    if not path or os.path.isabs(path) or os.path.exists(path) or not base_dir:
+        return path
+    beside = os.path.join(base_dir, path)
+    return beside if os.path.exists(beside) else path
+
+
+class Solver:
+    """Trains a net as a SolverParameter says; subclasses are chosen by `type`."""
+
+    def __init__(self, param, path="<solver>", dtype=numpy.float32, train_net=None):
+        if isinstance(param, str):
+            path, param = param, proto_io.read_solver(param)
+        self.param = param
+        self.path = path
+        self.base_dir = os.path.dirname(os.path.abspath(path)) if path != "<solver>" else None
+        self.type = param.type or "SGD"
+        if self.type not in updates.RULES:
+            raise SolverError("%s: unknown solver type %r (known: %s)"
+                              % (path, self.type, ", ".join(sorted(updates.RULES))))
+        self.rule, n_history = updates.RULES[self.type]
+        try:
+            lr_policy.check(param, path)
+        except ValueError as e:
+            raise SolverError(str(e)) from None
+        if param.random_seed >= 0:
+            backend.set_random_seed(param.random_seed)
+        self.dtype = numpy.dtype(dtype)
+        self.iter = 0
+        self.lr_state = {"current_step": 0}
+        self.callbacks = []
+        self.action_request = None         # () -> None | STOP | SNAPSHOT (signals)
+        self.requested_early_exit = False
+        self.losses = []
+        self.smoothed_loss = 0.0
+        self.net = train_net or self._build_train_net()
+        self.test_nets = self._build_test_nets()
+        xp = self.net.xp
+        n = self.net.flat_data.size
+        self.history = [xp.zeros(n, self.dtype) for _ in range(n_history)]
+        self._tmp = xp.zeros(n, self.dtype)
+        self._rate = xp.zeros(n, self.dtype)
+        self._lr_mult = xp.zeros(n, self.dtype)
+        self._decay_mult = xp.zeros(n, self.dtype)
+        for p in self.net.learnable:
+            self._lr_mult[p.offset:p.offset + p.blob.count] = p.lr_mult
+            self._decay_mult[p.offset:p.offset + p.blob.count] = p.decay_mult
+        self.iteration_timer = time.time()
+        self.last_test_scores = []
+
+    # -- nets ----------------------------------------------------------------------
+    def _net_from(self, param_field, file_field, phase, state, index=None):
+        p = self.param
+        if file_field is not None:
+            path = _resolve(file_field, self.base_dir)
+            net_param, source = proto_io.read_net(path)
+        else:
+            net_param, source = param_field, None
+        net_param = caffe_pb2.NetParameter.FromString(net_param.SerializeToString())
+        if state is not None:
+            net_param.state.CopyFrom(state)
+        net_param.state.phase = phase
+        stages = list(net_param.state.stage)
+        return Net(net_param, phase, net_param.state.level, stages, dtype=self.dtype, source=source)
+
+    def _build_train_net(self):
+        p = self.param
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError("%s: give exactly one of net, net_param, train_net, train_net_param (got %s)"
+                              % (self.path, ", ".join(given) or "none"))
+        state = p.train_state if p.HasField("train_state") else None
+        field = given[0]
+        if field in ("net", "train_net"):
+            net = self._net_from(None, getattr(p, field), TRAIN, state)
+        else:
+            net = self._net_from(getattr(p, field), None, TRAIN, state)
+        if p.weights:
+            for w in p.weights:
+                net.copy_from(_resolve(w, self.base_dir))
+        return net
+
+    def _build_test_nets(self):
+        p = self.param
+        specs = [(None, f) for f in p.test_net] + [(np_, None) for np_ in p.test_net_param]
+        general = p.HasField("net") or p.HasField("net_param")
+        if general:
+            extra = len(p.test_iter) - len(specs)
+            for _ in range(max(extra, 0)):
+                specs.append((p.net_param, None) if p.HasField("net_param") else (None, p.net))
+        if len(p.test_iter) != len(specs):
+            raise SolverError("%s: %d test_iter values for %d test nets" % (self.path, len(p.test_iter), len(specs)))
+        if len(p.test_state) not in (0, len(specs)):
+            raise SolverError("%s: %d test_state values for %d test nets" % (self.path, len(p.test_state), len(specs)))
+        if specs and p.test_interval <= 0 and p.HasField("test_interval"):
+            raise SolverError("%s: test_interval must be positive" % self.path)
+        nets = []
+        for i, (net_param, net_file) in enumerate(specs):
+            state = p.test_state[i] if len(p.test_state) else None
+            net = self._net_from(net_param, net_file, TEST, state)
+            net.share_weights_with(self.net)
+            nets.append(net)
+        return nets
+
+    # -- the loop ------------------------------------------------------------------
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+
+    def step(self, iters):
+        """Run `iters` iterations (Caffe's Solver::Step)."""
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        average = max(p.average_loss, 1)
+        self.losses, self.smoothed_loss = [], 0.0
+        self.iteration_timer = time.time()
+        timer_iter = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if (p.test_interval and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization) and self.is_root):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for cb in self.callbacks:
+                cb.on_start(self)
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(max(p.iter_size, 1)):
+                loss += self.net.forward_backward()
+            loss /= max(p.iter_size, 1)
+            self._update_smoothed_loss(loss, start_iter, average)
+            if display and self.is_root:
+                timer_iter = self._display(timer_iter)
+            for cb in self.callbacks:
+                cb.on_gradients_ready(self)
+            self.apply_update()
+            self.iter += 1
+            request = self.action_request() if self.action_request else None
+            if (p.snapshot and self.iter % p.snapshot == 0 and self.is_root) or request == SNAPSHOT:
+                self.snapshot()
+            if request == STOP:
+                self.requested_early_exit = True
+                break
+
+    is_root = property(lambda self: backend.solver_rank() == 0)
+
+    def _update_smoothed_loss(self, loss, start_iter, average):
+        if len(self.losses) < average:
+            self.losses.append(loss)
+            n = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % average
+            self.smoothed_loss += (loss - self.losses[idx]) / average
+            self.losses[idx] = loss
+
+    def _display(self, timer_iter):
+        now = time.time()
+        elapsed = now - self.iteration_timer
+        done = self.iter - timer_iter
+        speed = done / elapsed if elapsed > 0 and done else 0.0
+        log.info("Iteration %d (%g iter/s, %.3fs/%d iters), loss = %g",
+                 self.iter, speed, elapsed, self.param.display, self.smoothed_loss)
+        self.iteration_timer = now
+        self._log_outputs(self.net, "Train", {n: self.net.blobs[n].data for n in self.net.outputs})
+        return self.iter
+
+    def _log_outputs(self, net, kind, values):
+        k = 0
+        for name in net.outputs:
+            data = backend.to_host(values[name]).reshape(-1)
+            weight = net.blob_loss_weights.get(name, 0.0)
+            for v in data:
+                extra = " (* %g = %g loss)" % (weight, weight * v) if weight else ""
+                log.info("    %s net output #%d: %s = %g%s", kind, k, name, v, extra)
+                k += 1
+
+    def solve(self, resume=None):
+        """Train to max_iter, optionally resuming from a .solverstate."""
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy or "fixed")
+        if resume:
+            self.restore(resume)
+        self.requested_early_exit = False
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and self.is_root:
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0 and self.is_root:
+            loss = self.net.forward()
+            log.info("Iteration %d, loss = %g", self.iter, loss)
+        if p.test_interval and self.iter % p.test_interval == 0 and self.is_root:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def test_all(self):
+        self.last_test_scores = [self.test(i) for i in range(len(self.test_nets))]
+        return self.last_test_scores
+
+    def test(self, index=0):
+        """Run test net `index` for its test_iter batches; return {output name: mean value}."""
+        net = self.test_nets[index]
+        log.info("Iteration %d, Testing net (#%d)", self.iter, index)
+        sums, loss = {}, 0.0
+        iters = self.param.test_iter[index]
+        for _ in range(iters):
+            loss += net.forward()
+            for name in net.outputs:
+                value = backend.to_host(net.blobs[name].data).astype(numpy.float64).copy()
+                sums[name] = sums[name] + value if name in sums else value
+        if self.param.test_compute_loss:
+            log.info("Test loss: %g", loss / iters)
+        means = {name: s / iters for name, s in sums.items()}
+        self._log_outputs(net, "Test", means)
+        return {name: (float(v) if v.size == 1 else v) for name, v in means.items()}
+
+    # -- the update ------------------------------------------------------------------
+    def learning_rate(self):
+        return lr_policy.learning_rate(self.param, self.iter, self.lr_state)
+
+    def apply_update(self):
+        """Clip, normalize, regularize, compute the update value, and step the weights."""
+        p = self.param
+        xp = self.net.xp
+        rate = self.learning_rate()
+        if p.display and self.iter % p.display == 0 and self.is_root:
+            log.info("Iteration %d, lr = %g", self.iter, rate)
+        g, w = self.net.flat_diff, self.net.flat_data
+        if p.clip_gradients >= 0:
+            norm = float(xp.sqrt(xp.dot(g, g)))
+            if norm > p.clip_gradients:
+                scale = p.clip_gradients / norm
+                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
+                         norm, p.clip_gradients, scale)
+                g *= scale
+        if p.iter_size > 1:
+            g *= 1.0 / p.iter_size
+        if p.weight_decay:
+            xp.multiply(self._decay_mult, p.weight_decay, out=self._tmp)
+            if p.regularization_type == "L2":
+                self._tmp *= w
+            elif p.regularization_type == "L1":
+                self._tmp *= xp.sign(w)
+            else:
+                raise SolverError("%s: unknown regularization_type %r (use L2 or L1)"
+                                  % (self.path, p.regularization_type))
+            g += self._tmp
+        xp.multiply(self._lr_mult, rate, out=self._rate)
+        self.rule(xp, p, g, self._rate, self.history, self._tmp, self.iter)
+        w -= g
+
+    # -- snapshots -------------------------------------------------------------------
+    def snapshot_filename(self, extension):
+        prefix = self.param.snapshot_prefix or os.path.splitext(self.path)[0]
+        return "%s_iter_%d%s" % (prefix, self.iter, extension)
+
+    def snapshot(self):
+        """Write <prefix>_iter_N.caffemodel and .solverstate (each atomically)."""
+        from .state import save_state
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            raise SolverError("%s: snapshot_format HDF5 is not supported yet; use BINARYPROTO" % self.path)
+        model = self.snapshot_filename(".caffemodel")
+        log.info("Snapshotting to binary proto file %s", model)
+        proto_io.write_binary(model, self.net.to_proto(self.param.snapshot_diff))
+        state = self.snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", state)
+        save_state(self, state, model)
+        return model, state
+
+    def restore(self, path):
+        """Continue from a .solverstate (and the .caffemodel it names)."""
+        from .state import load_state
+        load_state(self, path)

@@ -1,0 +1,71 @@
+"""`pycaffe-dist train`: train a net from a solver prototxt (Caffe's `caffe train`)."""
+import logging
+import signal
+
+from .. import backend
+from ..solvers import get_solver
+from ..solvers.base import SNAPSHOT, STOP
+from .common import UserError, parse_gpus, parser, user_errors
+
+log = logging.getLogger("pycaffe_dist")
+EFFECTS = {"stop": STOP, "snapshot": SNAPSHOT, "none": None}
+
+
+class SignalActions:
+    """Turns SIGINT/SIGHUP into solver requests taken at the next iteration boundary."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.effects = {signal.SIGINT: EFFECTS[sigint_effect], signal.SIGHUP: EFFECTS[sighup_effect]}
+        self.pending = None
+        self.previous = {}
+
+    def _handler(self, signum, frame):
+        effect = self.effects.get(signum)
+        if effect is not None:
+            self.pending = STOP if STOP in (effect, self.pending) else effect
+
+    def __enter__(self):
+        for signum in self.effects:
+            self.previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def __call__(self):
+        request, self.pending = self.pending, None
+        return request
+
+
+def build_parser():
+    p = parser("train", "Train a net as a solver prototxt declares it.")
+    p.add_flag("solver", required=True, help="solver prototxt")
+    p.add_flag("weights", help="comma-separated .caffemodel files to fine-tune from (layers matched by name)")
+    p.add_flag("snapshot", help=".solverstate to resume from")
+    p.add_flag("gpu", default="", help="GPU ids: '0', '0,1' or 'all' (default: CPU)")
+    p.add_flag("sigint_effect", default="stop", choices=sorted(EFFECTS),
+               help="what Ctrl-C does: stop (default), snapshot, none")
+    p.add_flag("sighup_effect", default="snapshot", choices=sorted(EFFECTS),
+               help="what SIGHUP does: snapshot (default), stop, none")
+    return p
+
+
+@user_errors("train")
+def main(argv):
+    args = build_parser().parse_args(argv)
+    if args.weights and args.snapshot:
+        raise UserError("give -weights or -snapshot, not both (Caffe's rule)")
+    gpus = parse_gpus(args.gpu)
+    if gpus:
+        backend.set_mode_gpu()
+        backend.set_device(gpus[0])
+    solver = get_solver(args.solver)
+    if args.weights:
+        for path in args.weights.split(","):
+            log.info("Finetuning from %s", path)
+            solver.net.copy_from(path)
+    with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
+        solver.action_request = actions
+        solver.solve(resume=args.snapshot)
+    return 0
