@@ -1,1 +1,229 @@
-"""loss layers."""
+"""Loss layers (SoftmaxWithLoss, EuclideanLoss) and Accuracy.
+
+A loss layer's first top is a scalar (shape ()). The Net sets that top's
+diff to the layer's loss weight before backward, so gradients are scaled by
+top[0].diff; it stays a device array, so no GPU sync happens here.
+"""
+import numpy
+
+from ..proto.caffe_pb2 import LossParameter
+from .base import Layer, register
+from .common import canonical_axis, scratch, softmax, split_shape
+
+FULL, VALID, BATCH_SIZE, NONE = (LossParameter.FULL, LossParameter.VALID,
+                                 LossParameter.BATCH_SIZE, LossParameter.NONE)
+# Caffe clamps probabilities at FLT_MIN (for both precisions) before the log.
+PROB_FLOOR = float(numpy.finfo(numpy.float32).tiny)
+
+
+def normalization_mode(loss_param):
+    """The NormalizationMode, honouring the legacy `normalize` bool when it alone is set."""
+    if not loss_param.HasField("normalization") and loss_param.HasField("normalize"):
+        return VALID if loss_param.normalize else BATCH_SIZE
+    return loss_param.normalization
+
+
+def optional_ignore_label(loss_or_accuracy_param):
+    p = loss_or_accuracy_param
+    return int(p.ignore_label) if p.HasField("ignore_label") else None
+
+
+class LabelledLayer(Layer):
+    """Shared by layers reading per-position class labels from bottom[1].
+
+    bottom[0] is viewed as (outer, classes, inner) around `axis`; bottom[1]
+    holds one label per (outer, inner) position.
+    """
+
+    exact_num_bottom = 2
+
+    def check_label_count(self, bottom):
+        outer, _, inner = self.dims
+        if bottom[1].count != outer * inner:
+            raise self.error(
+                f"bottom[1] has {bottom[1].count} labels but bottom[0] {bottom[0].shape} makes "
+                f"{outer * inner} predictions around axis {self.axis}; the counts must agree")
+
+    def flat_base(self):
+        """Flat index of class 0 at each (outer, inner) position, cached per shape."""
+        outer, classes, inner = self.dims
+        if getattr(self, "_base_dims", None) != self.dims:
+            xp = self.xp
+            self._base = (xp.arange(outer)[:, None] * (classes * inner)
+                          + xp.arange(inner)[None, :])
+            self._base_dims = self.dims
+        return self._base
+
+    def read_labels(self, label_blob):
+        """(labels, valid): integer labels shaped (outer, inner) with ignored
+        positions set to 0 so they index safely, and the mask of positions that
+        count (None when nothing is ignored)."""
+        outer, classes, inner = self.dims
+        labels = label_blob.data.reshape(outer, inner).astype(numpy.int64)
+        valid = None if self.ignore_label is None else labels != self.ignore_label
+        bad = (labels < 0) | (labels >= classes)
+        if valid is not None:
+            bad &= valid
+        if bool(bad.any()):
+            value = int(labels[bad][0])
+            raise self.error(f"label value {value} is out of range: bottom[0] has {classes} "
+                             f"classes along axis {self.axis} (labels 0..{classes - 1})")
+        if valid is not None:
+            labels *= valid
+        return labels, valid
+
+    def label_index(self, labels):
+        """Flat index into bottom[0] of each position's labelled class."""
+        return self.flat_base() + labels * self.dims[2]
+
+
+@register
+class SoftmaxWithLoss(LabelledLayer):
+    """Multinomial logistic loss of the softmax of bottom[0] against labels bottom[1].
+
+    Optional second top: the softmax probabilities.
+    """
+
+    type = "SoftmaxWithLoss"
+    min_top = 1
+    max_top = 2
+    is_loss = True
+
+    def layer_setup(self, bottom, top):
+        self.axis = canonical_axis(self, self.param.softmax_param.axis, len(bottom[0].shape))
+        self.ignore_label = optional_ignore_label(self.param.loss_param)
+        self.normalization = normalization_mode(self.param.loss_param)
+
+    def reshape(self, bottom, top):
+        self.dims = split_shape(bottom[0].shape, self.axis)
+        self.check_label_count(bottom)
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape(bottom[0].shape)
+
+    def normalizer(self, valid):
+        """What the summed loss is divided by; at least 1, as in Caffe."""
+        outer, _, inner = self.dims
+        if self.normalization == FULL or (self.normalization == VALID and valid is None):
+            return float(max(outer * inner, 1))
+        if self.normalization == VALID:
+            return self.xp.maximum(valid.sum(), 1).astype(self._prob.dtype)
+        if self.normalization == BATCH_SIZE:
+            return float(max(outer, 1))
+        return 1.0
+
+    def forward(self, bottom, top):
+        xp = self.xp
+        outer, _, inner = self.dims
+        x = bottom[0].data.reshape(self.dims)
+        prob = top[1].data if len(top) > 1 else scratch(self, "_prob_buf", x.shape, x.dtype)
+        self._prob = prob.reshape(self.dims)
+        softmax(xp, x, self._prob, scratch(self, "_scale_buf", (outer, 1, inner), x.dtype))
+        labels, self._valid = self.read_labels(bottom[1])
+        self._index = self.label_index(labels)
+        picked = self._prob.reshape(-1)[self._index]
+        log_prob = xp.log(xp.maximum(picked, PROB_FLOOR))
+        if self._valid is not None:
+            log_prob *= self._valid
+        self._norm = self.normalizer(self._valid)
+        top[0].data[...] = -log_prob.sum() / self._norm
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise self.error("cannot backpropagate to the labels (bottom[1])")
+        if not propagate_down[0]:
+            return
+        # d loss / d x = prob - onehot(label), zero at ignored positions
+        dx = bottom[0].diff.reshape(self.dims)
+        dx[...] = self._prob
+        flat = dx.reshape(-1)
+        flat[self._index] -= 1
+        if self._valid is not None:
+            dx *= self._valid[:, None, :]
+        dx *= top[0].diff / self._norm
+
+
+@register
+class EuclideanLoss(Layer):
+    """loss = sum((a - b)^2) / (2 N), N the size of axis 0."""
+
+    type = "EuclideanLoss"
+    exact_num_bottom = 2
+    exact_num_top = 1
+    is_loss = True
+
+    def reshape(self, bottom, top):
+        a, b = bottom
+        if a.count != b.count or a.shape[1:] != b.shape[1:]:
+            raise self.error(f"bottom[0] {a.shape} and bottom[1] {b.shape} must have the "
+                             "same shape")
+        top[0].reshape(())
+        self.num = max(a.shape[0], 1) if a.shape else 1
+
+    def forward(self, bottom, top):
+        a, b = bottom[0].data, bottom[1].data
+        self._diff = scratch(self, "_diff_buf", a.shape, a.dtype)
+        self.xp.subtract(a, b.reshape(a.shape), out=self._diff)
+        flat = self._diff.reshape(-1)
+        top[0].data[...] = self.xp.dot(flat, flat) / (2.0 * self.num)
+
+    def backward(self, top, propagate_down, bottom):
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            if propagate_down[i]:
+                dx = bottom[i].diff.reshape(self._diff.shape)
+                self.xp.multiply(self._diff, top[0].diff * (sign / self.num), out=dx)
+
+
+@register
+class Accuracy(LabelledLayer):
+    """Fraction of positions whose label is among the top_k scores.
+
+    A label counts as found when fewer than top_k other classes score at
+    least as high as it. Optional second top: the accuracy of each class.
+    """
+
+    type = "Accuracy"
+    min_top = 1
+    max_top = 2
+    allow_backward = False
+
+    def layer_setup(self, bottom, top):
+        p = self.param.accuracy_param
+        self.top_k = int(p.top_k)
+        self.axis = canonical_axis(self, p.axis, len(bottom[0].shape))
+        self.ignore_label = optional_ignore_label(p)
+
+    def reshape(self, bottom, top):
+        self.dims = split_shape(bottom[0].shape, self.axis)
+        classes = self.dims[1]
+        if not 1 <= self.top_k <= classes:
+            raise self.error(f"top_k {self.top_k} must be between 1 and the number of "
+                             f"classes {classes}")
+        self.check_label_count(bottom)
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape((classes,))
+
+    def forward(self, bottom, top):
+        xp = self.xp
+        scores = bottom[0].data.reshape(self.dims)
+        labels, valid = self.read_labels(bottom[1])
+        true_score = scores.reshape(-1)[self.label_index(labels)]
+        # the labelled class itself is one of those scoring >= its score
+        rivals = (scores >= true_score[:, None, :]).sum(axis=1) - 1
+        correct = rivals < self.top_k
+        if valid is not None:
+            correct &= valid
+        count = labels.size if valid is None else valid.sum()
+        top[0].data[...] = correct.sum() / xp.maximum(count, 1)
+        if len(top) > 1:
+            self._per_class(labels, valid, correct, top[1].data)
+
+    def _per_class(self, labels, valid, correct, out):
+        xp = self.xp
+        classes = self.dims[1]
+        flat = labels.reshape(-1)
+        weight = None if valid is None else valid.reshape(-1).astype(out.dtype)
+        seen = xp.bincount(flat, weights=weight, minlength=classes)
+        hits = xp.bincount(flat, weights=correct.reshape(-1).astype(out.dtype), minlength=classes)
+        out[...] = hits / xp.maximum(seen, 1)
