@@ -2,13 +2,15 @@
 import numpy
 
 from . import backend
+from .blob import Blob
 from .proto import caffe_pb2, io as proto_io
 from .proto.errors import ProtoError
 
 
 def blob_to_proto(blob, write_diff=False, double=None):
     """BlobProto of a Blob (or array) with `shape`, float or double data as its dtype."""
-    data = backend.to_host(blob.data if hasattr(blob, "data") else blob)
+    is_blob = isinstance(blob, Blob)
+    data = backend.to_host(blob.data if is_blob else blob)
     proto = caffe_pb2.BlobProto()
     proto.shape.dim.extend(int(d) for d in data.shape)
     double = data.dtype == numpy.float64 if double is None else double
@@ -17,7 +19,7 @@ def blob_to_proto(blob, write_diff=False, double=None):
         proto.double_data.extend(flat.astype(numpy.float64).tolist())
     else:
         proto.data.extend(flat.astype(numpy.float32).tolist())
-    if write_diff and hasattr(blob, "diff"):
+    if write_diff and is_blob:
         diff = numpy.ascontiguousarray(backend.to_host(blob.diff)).reshape(-1)
         (proto.double_diff if double else proto.diff).extend(diff.tolist())
     return proto

@@ -154,11 +154,16 @@ class EuclideanLoss(Layer):
 
     def reshape(self, bottom, top):
         a, b = bottom
-        if a.count != b.count or a.shape[1:] != b.shape[1:]:
+        # Caffe compares counts past the first axis, so (N, 1) predictions
+        # match (N,) targets.
+        if a.count != b.count or not a.shape or not b.shape or a.shape[0] != b.shape[0]:
             raise self.error(f"bottom[0] {a.shape} and bottom[1] {b.shape} must have the "
-                             "same shape")
+                             "same number of items and values per item")
         top[0].reshape(())
         self.num = max(a.shape[0], 1) if a.shape else 1
+
+    def allow_force_backward(self, bottom_index):
+        return True  # both bottoms are data here, unlike a label
 
     def forward(self, bottom, top):
         a, b = bottom[0].data, bottom[1].data
