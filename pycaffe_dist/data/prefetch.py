@@ -1,0 +1,192 @@
+"""The asynchronous prefetch pipeline: reader -> decode/transform pool -> bounded queue.
+
+One reader thread pulls the raw records of each batch from a *source* (an
+LMDB cursor, a list of image files) in order, hands the batch to a pool of
+decode/transform workers, and queues the pending result. The queue holds at
+most `prefetch` batches (Caffe's `data_param.prefetch`), so memory stays
+bounded while the solver runs ahead of nothing. Batches come out in the
+order they were read whatever the worker count, and every random choice is
+keyed by record offset (see transformer.py), so a seed fixes the output.
+
+Workers are threads by default: Pillow decodes and numpy transforms release
+the GIL, and threads share memory for free. A process pool is there for
+transforms that hold the GIL; bench/bench_data.py compares the two.
+
+The consumer's waits are measured: `wait_seconds_last` for the latest batch,
+`wait_seconds_total` over all of them. `close()` stops every thread and
+process; all threads are daemons, so even a crash that skips close() cannot
+keep the interpreter alive, and a finalizer closes a pipeline nobody holds.
+"""
+import concurrent.futures
+import multiprocessing
+import queue
+import threading
+import time
+import weakref
+
+_POLL = 0.1  # seconds between checks for a stop request while blocked
+
+
+class PipelineError(RuntimeError):
+    """The pipeline was used after close(), or its reader died."""
+
+
+class _ThreadPool:
+    """A minimal pool of daemon threads returning concurrent.futures.Future objects."""
+
+    def __init__(self, workers, name):
+        self._jobs = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, args=(self._jobs,), daemon=True,
+                                          name=f"{name}-decode-{i}") for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _run(jobs):
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                    future.set_exception(e)
+
+    def submit(self, fn, *args):
+        future = concurrent.futures.Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def shutdown(self):
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def alive(self):
+        return [t for t in self._threads if t.is_alive()]
+
+
+class _Shared:
+    """Everything the reader thread touches; kept apart from the Pipeline object
+    so that the threads do not keep the Pipeline alive and its finalizer can run."""
+
+    def __init__(self, source, decode, batch_size, prefetch, pool):
+        self.source = source
+        self.decode = decode
+        self.batch_size = batch_size
+        self.ready = queue.Queue(maxsize=max(1, prefetch))
+        self.stop = threading.Event()
+        self.pool = pool
+
+    def read_loop(self):
+        try:
+            while not self.stop.is_set():
+                records = self.source.read(self.batch_size)
+                future = self.pool.submit(self.decode, records)
+                self._put((future, self.source.state()))
+        except BaseException as e:  # noqa: BLE001 - the consumer re-raises it at its next batch
+            failed = concurrent.futures.Future()
+            failed.set_exception(e)
+            self._put((failed, None))
+        finally:
+            self.source.close()
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def shutdown(self, reader):
+        self.stop.set()
+        # Empty the queue so a reader blocked on put() sees the stop flag.
+        while reader.is_alive():
+            try:
+                while True:
+                    self.ready.get_nowait()
+            except queue.Empty:
+                pass
+            reader.join(timeout=_POLL)
+        if isinstance(self.pool, _ThreadPool):
+            self.pool.shutdown()
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Pipeline:
+    """Batches from `source`, decoded by `decode`, prefetched into a bounded queue.
+
+    Args:
+        source: has read(n) -> records, state() -> JSON-able position, close().
+            read() runs only on the reader thread.
+        decode: decode(records) -> batch; a module-level function (or a
+            functools.partial of one) when mode is "process".
+        batch_size: records per batch.
+        prefetch: batches ready or in progress at most (Caffe's prefetch).
+        workers: decode workers.
+        mode: "thread" or "process".
+        name: used for thread names.
+    """
+
+    def __init__(self, source, decode, batch_size, prefetch=4, workers=1, mode="thread", name="data"):
+        if mode == "thread":
+            pool = _ThreadPool(max(1, workers), name)
+        elif mode == "process":
+            # forkserver: forking a process that already runs threads can deadlock.
+            context = multiprocessing.get_context("forkserver")
+            pool = concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context)
+        else:
+            raise ValueError(f"decode mode must be 'thread' or 'process', got {mode!r}")
+        self._shared = _Shared(source, decode, batch_size, prefetch, pool)
+        self._reader = threading.Thread(target=self._shared.read_loop, daemon=True, name=f"{name}-reader")
+        self._reader.start()
+        self._finalizer = weakref.finalize(self, self._shared.shutdown, self._reader)
+        self.state = None               # source position after the batch last returned
+        self.wait_seconds_last = 0.0
+        self.wait_seconds_total = 0.0
+        self.batches = 0
+
+    def next(self):
+        """The next batch, blocking until it is ready; the wait is recorded."""
+        if not self._finalizer.alive:
+            raise PipelineError("the data pipeline is closed")
+        start = time.perf_counter()
+        while True:
+            try:
+                future, state = self._shared.ready.get(timeout=_POLL)
+                break
+            except queue.Empty:
+                if not self._reader.is_alive() and self._shared.ready.empty():
+                    raise PipelineError("the data reader stopped") from None
+        batch = future.result()
+        waited = time.perf_counter() - start
+        self.wait_seconds_last = waited
+        self.wait_seconds_total += waited
+        self.batches += 1
+        self.state = state
+        return batch
+
+    def close(self):
+        """Stop the reader and the workers and wait for them; safe to call twice."""
+        self._finalizer()
+
+    @property
+    def closed(self):
+        return not self._finalizer.alive
+
+    def threads(self):
+        """The pipeline's live threads (for tests that check a clean shutdown)."""
+        pool = self._shared.pool
+        workers = pool.alive() if isinstance(pool, _ThreadPool) else []
+        return [t for t in [self._reader] + workers if t.is_alive()]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
