@@ -1,0 +1,301 @@
+"""Layers that read datasets from disk: Data (LMDB), ImageData (list of files), HDF5Data.
+
+Data and ImageData run the prefetch pipeline (pycaffe_dist/data/prefetch.py):
+forward only takes the next ready batch and copies it into the tops. The
+seconds each forward waited for it are in `wait_seconds_last` and
+`wait_seconds_total`. Call `close()` (the Net does at the end of training)
+to stop the pipeline's threads; they are daemons, so a crash cannot hang
+the process either way.
+
+Environment knobs, until the prototxt grows fields for them:
+PYCAFFE_DIST_DECODE_WORKERS (decode workers; default 1 for raw records, up
+to 4 for encoded ones) and PYCAFFE_DIST_DECODE_MODE ("thread" or "process").
+"""
+import functools
+import os
+
+import numpy
+
+from .. import backend
+from ..data import datum as datum_mod
+from ..data import db, image
+from ..data.prefetch import Pipeline
+from ..data.sources import (
+    ListSource,
+    LMDBSource,
+    decode_datums,
+    decode_image_files,
+    initial_offset,
+    read_image_list,
+)
+from ..data.transformer import DataTransformer, TransformError
+from .base import Layer, register
+
+try:  # pragma: no cover - depends on the installation
+    import h5py
+    h5py_available = True
+except ImportError:
+    h5py = None
+    h5py_available = False
+
+TRAIN = 0
+
+
+def _decode_workers(encoded):
+    configured = os.environ.get("PYCAFFE_DIST_DECODE_WORKERS")
+    if configured:
+        return max(1, int(configured))
+    # Raw records decode in microseconds; more threads would only fight over
+    # the GIL. Encoded ones spend their time in Pillow, which releases it.
+    return min(4, os.cpu_count() or 1) if encoded else 1
+
+
+class _PrefetchingLayer(Layer):
+    """Shared plumbing of Data and ImageData: seed, pipeline, state, tops."""
+
+    exact_num_bottom = 0
+    min_top, max_top = 1, 2
+    allow_backward = False
+
+    wait_seconds_last = 0.0
+    wait_seconds_total = 0.0
+    _pipeline = None
+
+    def _sharding(self):
+        # TEST nets read everything on every worker, as Caffe's.
+        if self.phase == TRAIN:
+            return backend.solver_rank(), backend.solver_count()
+        return 0, 1
+
+    def _start(self, offset):
+        """(Re)start the pipeline at source offset `offset`."""
+        self.close()
+        source, decode, encoded = self._make_source(offset)
+        mode = os.environ.get("PYCAFFE_DIST_DECODE_MODE", "thread")
+        self._pipeline = Pipeline(source, decode, self.batch_size, prefetch=self.prefetch,
+                                  workers=_decode_workers(encoded), mode=mode, name=self.name)
+        self._offset = offset
+
+    def reshape(self, bottom, top):
+        pass  # tops take each batch's shape in forward
+
+    def forward(self, bottom, top):
+        try:
+            data, labels = self._pipeline.next()
+        except (datum_mod.DatumError, image.ImageError, db.DBError, TransformError) as e:
+            raise self.error(str(e)) from None
+        self._offset = self._pipeline.state
+        self.wait_seconds_last = self._pipeline.wait_seconds_last
+        self.wait_seconds_total = self._pipeline.wait_seconds_total
+        xp = backend.get_array_module(top[0].data)
+        top[0].reshape(data.shape)
+        top[0].data[...] = backend.to_device(data, xp)
+        if len(top) > 1:
+            top[1].reshape(labels.shape)
+            top[1].data[...] = backend.to_device(labels, xp)
+
+    def get_state(self):
+        return {"offset": int(self._offset), "seed": int(self.seed)}
+
+    def set_state(self, state):
+        if state:
+            self.seed = int(state["seed"])
+            self.transformer.seed = self.seed
+            self._start(int(state["offset"]))
+
+    def close(self):
+        """Stop the prefetch threads (and processes); forward cannot be called afterwards."""
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+
+    def _set_top_shapes(self, top, item_shape):
+        top[0].reshape((self.batch_size,) + tuple(self.transformer.output_shape(item_shape)))
+        if len(top) > 1:
+            top[1].reshape((self.batch_size,))
+
+    def _new_seed(self):
+        # Drawn from the process-wide stream, so random_seed fixes every crop.
+        return int(backend.rng.generator.integers(0, 2 ** 63))
+
+
+@register
+class DataLayer(_PrefetchingLayer):
+    """Batches of Datum records from an LMDB database (data_param, transform_param)."""
+
+    type = "Data"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.data_param
+        if not p.source:
+            raise self.error("data_param.source is not set")
+        if not p.batch_size:
+            raise self.error("data_param.batch_size must be positive")
+        try:
+            db.check_backend(p.backend, p.source)
+            # Caffe lets data_param carry the old transformation fields too.
+            tparam = self.param.transform_param
+            for name in ("scale", "mean_file", "crop_size", "mirror"):
+                if p.HasField(name) and not tparam.HasField(name):
+                    setattr(tparam, name, getattr(p, name))
+            self.seed = self._new_seed()
+            self.transformer = DataTransformer(tparam, self.phase, self.seed)
+            if p.force_encoded_color and self.transformer.color is None:
+                self.transformer.color = True
+            with db.Reader(p.source) as reader:
+                key, value = reader.item()
+                first = datum_mod.parse(value, key)
+                self._encoded = first.encoded
+                item_shape = datum_mod.datum_to_array(first, self.transformer.color, key).shape
+            self.batch_size = int(p.batch_size)
+            self.prefetch = int(p.prefetch)
+            self._set_top_shapes(top, item_shape)
+            self._start(initial_offset(self.seed, p.rand_skip))
+        except (db.DBError, datum_mod.DatumError, TransformError) as e:
+            raise self.error(str(e)) from None
+
+    def _make_source(self, offset):
+        rank, size = self._sharding()
+        source = LMDBSource(self.param.data_param.source, offset, rank, size)
+        return source, functools.partial(decode_datums, self.transformer), self._encoded
+
+
+@register
+class ImageDataLayer(_PrefetchingLayer):
+    """Batches of image files named in a list file (image_data_param, transform_param)."""
+
+    type = "ImageData"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.image_data_param
+        if not p.source:
+            raise self.error("image_data_param.source is not set")
+        try:
+            self.items = read_image_list(p.source, p.root_folder)
+            self.seed = self._new_seed()
+            self.transformer = DataTransformer(self.param.transform_param, self.phase, self.seed)
+            self._color = bool(p.is_color)
+            self._size = (int(p.new_height), int(p.new_width))
+            path, _, where = self.items[0]
+            try:
+                item_shape = image.decode(path, self._color, *self._size).shape
+            except image.ImageError as e:
+                raise image.ImageError(f"{where}: {e}") from None
+            self.batch_size = int(p.batch_size)
+            self.prefetch = int(self.param.data_param.prefetch)
+            self._set_top_shapes(top, item_shape)
+            self._start(initial_offset(self.seed, p.rand_skip))
+        except (image.ImageError, TransformError) as e:
+            raise self.error(str(e)) from None
+
+    def _make_source(self, offset):
+        rank, size = self._sharding()
+        source = ListSource(self.items, offset, rank, size, self.param.image_data_param.shuffle, self.seed)
+        decode = functools.partial(decode_image_files, self.transformer, self._color, *self._size)
+        return source, decode, True
+
+
+if h5py_available:
+    @register
+    class HDF5DataLayer(Layer):
+        """Rows of the datasets named by the tops, from a list of .h5 files (hdf5_data_param).
+
+        Each file is read whole into memory when reached, as Caffe does; the
+        order is files then rows, both reshuffled each epoch with `shuffle`.
+        """
+
+        type = "HDF5Data"
+        exact_num_bottom = 0
+        min_top = 1
+        allow_backward = False
+
+        def layer_setup(self, bottom, top):
+            p = self.param.hdf5_data_param
+            if not p.batch_size:
+                raise self.error("hdf5_data_param.batch_size must be positive")
+            self.batch_size = int(p.batch_size)
+            try:
+                with open(p.source, encoding="utf-8") as f:
+                    self.files = [line.strip() for line in f if line.strip()]
+            except OSError as e:
+                raise self.error(f"{p.source}: cannot read the file list: {e.strerror}") from None
+            if not self.files:
+                raise self.error(f"{p.source}: lists no .h5 files")
+            self.names = list(self.param.top)
+            self.rows, shapes = [], None
+            for path in self.files:
+                try:
+                    with h5py.File(path, "r") as f:
+                        missing = [n for n in self.names if n not in f]
+                        if missing:
+                            raise self.error(f"{path}: has no dataset {', '.join(missing)}")
+                        file_shapes = [f[n].shape[1:] for n in self.names]
+                        counts = {f[n].shape[0] for n in self.names}
+                except OSError as e:
+                    raise self.error(f"{path}: cannot open as HDF5: {e}") from None
+                if len(counts) != 1:
+                    raise self.error(f"{path}: datasets {self.names} have different row counts")
+                if shapes is not None and file_shapes != shapes:
+                    raise self.error(f"{path}: row shapes {file_shapes} differ from {self.files[0]}'s {shapes}")
+                shapes = file_shapes
+                self.rows.append(counts.pop())
+            self.total = sum(self.rows)
+            self.shapes = shapes
+            self.seed = int(backend.rng.generator.integers(0, 2 ** 63))
+            self.offset = 0
+            self._cache = (None, None)
+            self._epoch = (None, None)
+            for blob, shape in zip(top, shapes):
+                blob.reshape((self.batch_size,) + tuple(shape))
+
+        def reshape(self, bottom, top):
+            pass
+
+        def _epoch_order(self, epoch):
+            """File order and per-file row orders for one epoch."""
+            if self._epoch[0] != epoch:
+                files = list(range(len(self.files)))
+                rows = [numpy.arange(n) for n in self.rows]
+                if self.param.hdf5_data_param.shuffle:
+                    rng = numpy.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32, epoch])
+                    files = list(rng.permutation(len(self.files)))
+                    rows = [rng.permutation(n) for n in self.rows]
+                starts = numpy.cumsum([0] + [self.rows[i] for i in files])
+                self._epoch = (epoch, (files, rows, starts))
+            return self._epoch[1]
+
+        def _file(self, index):
+            if self._cache[0] != index:
+                with h5py.File(self.files[index], "r") as f:
+                    self._cache = (index, [numpy.asarray(f[n]) for n in self.names])
+            return self._cache[1]
+
+        def _row(self, offset):
+            epoch, pos = divmod(offset, self.total)
+            files, rows, starts = self._epoch_order(epoch)
+            k = int(numpy.searchsorted(starts, pos, side="right")) - 1
+            index = files[k]
+            return self._file(index), int(rows[index][pos - starts[k]])
+
+        def forward(self, bottom, top):
+            rank, size = (backend.solver_rank(), backend.solver_count()) if self.phase == TRAIN else (0, 1)
+            batch = [numpy.empty((self.batch_size,) + tuple(s), numpy.float32) for s in self.shapes]
+            filled = 0
+            while filled < self.batch_size:
+                if self.offset % size == rank:
+                    arrays, row = self._row(self.offset)
+                    for out, arr in zip(batch, arrays):
+                        out[filled] = arr[row]
+                    filled += 1
+                self.offset += 1
+            for blob, arr in zip(top, batch):
+                blob.reshape(arr.shape)
+                blob.data[...] = backend.to_device(arr, backend.get_array_module(blob.data))
+
+        def get_state(self):
+            return {"offset": int(self.offset), "seed": int(self.seed)}
+
+        def set_state(self, state):
+            if state:
+                self.offset, self.seed = int(state["offset"]), int(state["seed"])
+                self._epoch = (None, None)
