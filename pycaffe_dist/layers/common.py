@@ -45,10 +45,10 @@ def softmax(xp, x, y, scale):
     The per-position maximum is subtracted first so exp never overflows.
     `scale` is an (outer, 1, inner) scratch buffer.
     """
-    xp.max(x, axis=1, keepdims=True, out=scale)
+    x.max(axis=1, keepdims=True, out=scale)
     xp.subtract(x, scale, out=y)
     xp.exp(y, out=y)
-    xp.sum(y, axis=1, keepdims=True, out=scale)
+    y.sum(axis=1, keepdims=True, out=scale)
     y /= scale
 
 
@@ -366,6 +366,6 @@ class Softmax(Layer):
         product = scratch(self, "_product", self.dims, y.dtype)
         dot = self._scale(y.dtype)
         xp.multiply(dy, y, out=product)
-        xp.sum(product, axis=1, keepdims=True, out=dot)
+        product.sum(axis=1, keepdims=True, out=dot)
         xp.subtract(dy, dot, out=dx)
         dx *= y

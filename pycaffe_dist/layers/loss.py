@@ -219,8 +219,8 @@ class Accuracy(LabelledLayer):
         correct = rivals < self.top_k
         if valid is not None:
             correct &= valid
-        count = labels.size if valid is None else valid.sum()
-        top[0].data[...] = correct.sum() / xp.maximum(count, 1)
+        counted = max(labels.size, 1) if valid is None else xp.maximum(valid.sum(), 1)
+        top[0].data[...] = correct.sum() / counted
         if len(top) > 1:
             self._per_class(labels, valid, correct, top[1].data)
 

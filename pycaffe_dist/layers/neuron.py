@@ -40,8 +40,10 @@ class ReLU(NeuronLayer):
         positive = self.scratch("_positive", x.shape, bool)
         self.xp.greater(x, 0, out=positive)
         slopes = self.scratch("_slope_buf", x.shape, x.dtype)
-        self.xp.multiply(positive, 1.0 - self.negative_slope, out=slopes)
-        slopes += self.negative_slope
+        # typed scalars: a Python float makes numpy go through float64
+        cast = slopes.dtype.type
+        self.xp.multiply(positive, cast(1.0 - self.negative_slope), out=slopes)
+        slopes += cast(self.negative_slope)
         return slopes
 
     def forward(self, bottom, top):
@@ -131,7 +133,8 @@ class Dropout(NeuronLayer):
         keep = scratch(self, "_keep", shape, bool, numpy)
         numpy.greater_equal(uniform, self.ratio, out=keep)
         mask = self.scratch("_mask", shape, dtype)
-        self.xp.multiply(backend.to_device(keep, self.xp), self.scale, out=mask)
+        # a typed scale: a Python float sends numpy through a float64 loop
+        self.xp.multiply(backend.to_device(keep, self.xp), mask.dtype.type(self.scale), out=mask)
         return mask
 
     def forward(self, bottom, top):

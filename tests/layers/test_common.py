@@ -3,6 +3,7 @@ import numpy
 import pytest
 from google.protobuf import text_format
 
+from pycaffe_dist import backend
 from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
 from pycaffe_dist.layers import LayerError, layer_class
@@ -36,6 +37,58 @@ def forward(layer, bottom, top):
     layer.reshape(bottom, top)
     layer.forward(bottom, top)
     return [t.data.copy() for t in top]
+
+
+def run_on_backend(xp, text, bottom_values, phase=0, n_tops=1, propagate=None, seed=7):
+    """One forward and backward of a layer on `xp` arrays; every top, bottom diff
+    and parameter diff returned as numpy arrays. Top diffs are the top data, as
+    in the gradient checker, and randomness is seeded the same way each call."""
+    layer = make_layer(text, phase)
+    layer.xp = xp
+    bottom = []
+    for values in bottom_values:
+        blob = Blob(values.shape, dtype=numpy.float64, xp=xp)
+        blob.data[...] = xp.asarray(values)
+        bottom.append(blob)
+    top = [Blob((), dtype=numpy.float64, xp=xp) for _ in range(n_tops)]
+    backend.set_random_seed(seed)
+    forward(layer, bottom, top)
+    for t in top:
+        t.diff[...] = t.data
+    if layer.allow_backward:
+        layer.backward(top, propagate or [True] * len(bottom), bottom)
+    blobs = top + bottom + list(layer.blobs)
+    return [backend.to_host(b.data if k < len(top) else b.diff) for k, b in enumerate(blobs)]
+
+
+def assert_same_on_both_backends(text, bottom_values, **kwargs):
+    on_cpu = run_on_backend(numpy, text, bottom_values, **kwargs)
+    on_gpu = run_on_backend(backend.cupy, text, bottom_values, **kwargs)
+    for cpu, gpu in zip(on_cpu, on_gpu):
+        numpy.testing.assert_allclose(gpu, cpu, rtol=1e-10, atol=1e-12)
+
+
+needs_gpu = pytest.mark.skipif(not backend.cupy_available, reason="needs a GPU with cupy")
+
+
+@needs_gpu
+@pytest.mark.parametrize("text, shapes", [
+    ('name: "ip" type: "InnerProduct" inner_product_param { num_output: 3 '
+     'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }', [(4, 2, 3)]),
+    ('name: "ip" type: "InnerProduct" inner_product_param { num_output: 3 transpose: true '
+     'weight_filler { type: "gaussian" } }', [(4, 5)]),
+    ('name: "f" type: "Flatten"', [(2, 3, 4)]),
+    ('name: "c" type: "Concat"', [(2, 3, 4), (2, 1, 4)]),
+    ('name: "s" type: "Split"', [(2, 3)]),
+    ('name: "e" type: "Eltwise" eltwise_param { operation: SUM coeff: 2 coeff: -1 }',
+     [(2, 3), (2, 3)]),
+    ('name: "e" type: "Eltwise" eltwise_param { operation: PROD }', [(2, 3), (2, 3)]),
+    ('name: "e" type: "Eltwise" eltwise_param { operation: MAX }', [(2, 3), (2, 3)]),
+    ('name: "sm" type: "Softmax" softmax_param { axis: 2 }', [(2, 3, 4)]),
+])
+def test_numpy_and_cupy_agree(text, shapes):
+    values = [random_input(shape, seed=k) for k, shape in enumerate(shapes)]
+    assert_same_on_both_backends(text, values, n_tops=2 if "Split" in text else 1)
 
 
 # -- InnerProduct ----------------------------------------------------------------

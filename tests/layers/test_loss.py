@@ -9,6 +9,7 @@ from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
 from pycaffe_dist.layers import LayerError, layer_class
 from pycaffe_dist.proto import caffe_pb2
+from tests.layers.test_common import assert_same_on_both_backends, needs_gpu
 
 
 def make_layer(text, phase=0):
@@ -179,8 +180,17 @@ def test_euclidean_loss_gradient_to_both_bottoms():
     check_gradient(make_layer('name: "l" type: "EuclideanLoss"'), bottom, tops())
 
 
+def test_euclidean_loss_accepts_column_predictions_for_flat_targets():
+    # (N, 1) predictions against (N,) targets, as regression nets feed them
+    layer = make_layer('name: "l" type: "EuclideanLoss"')
+    bottom = [blob_of([[1.0], [2.0], [4.0]]), blob_of([0.0, 2.0, 1.0])]
+    (loss,) = forward(layer, bottom, tops())
+    assert float(loss) == pytest.approx((1 + 0 + 9) / 6.0)
+    assert layer.allow_force_backward(1)
+
+
 def test_euclidean_loss_shape_mismatch():
-    with pytest.raises(LayerError, match="same shape"):
+    with pytest.raises(LayerError, match="same number of items"):
         forward(make_layer('name: "l" type: "EuclideanLoss"'),
                 [blob_of(numpy.zeros((2, 3))), blob_of(numpy.zeros((2, 4)))], tops())
 
@@ -229,3 +239,20 @@ def test_accuracy_errors():
     forward(layer, bottom, top)
     with pytest.raises(LayerError, match="cannot propagate"):
         layer.backward(top, [True, False], bottom)
+
+
+@needs_gpu
+@pytest.mark.parametrize("text, n_tops", [
+    (SWL % "", 2), (SWL % "loss_param { ignore_label: 1 normalization: VALID }", 1),
+    ('name: "acc" type: "Accuracy" accuracy_param { top_k: 2 ignore_label: 0 }', 2),
+])
+def test_numpy_and_cupy_agree(text, n_tops):
+    scores, labels = scores_and_labels(spatial=(2,))
+    assert_same_on_both_backends(text, [scores, labels], n_tops=n_tops, propagate=[True, False])
+
+
+@needs_gpu
+def test_euclidean_loss_numpy_and_cupy_agree():
+    rng = numpy.random.default_rng(2)
+    assert_same_on_both_backends('name: "l" type: "EuclideanLoss"',
+                                 [rng.normal(size=(3, 4)), rng.normal(size=(3, 4))])

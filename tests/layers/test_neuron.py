@@ -8,6 +8,7 @@ from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
 from pycaffe_dist.layers import LayerError, layer_class
 from pycaffe_dist.proto import caffe_pb2
+from tests.layers.test_common import assert_same_on_both_backends, needs_gpu
 
 TRAIN, TEST = 0, 1
 
@@ -150,3 +151,11 @@ def test_dropout_rejects_ratio_one():
     layer = make_layer('name: "d" type: "Dropout" dropout_param { dropout_ratio: 1 }')
     with pytest.raises(LayerError, match="dropout_ratio"):
         layer.setup([blob_of(numpy.ones(3))], [Blob((3,), dtype=numpy.float64)])
+
+
+@needs_gpu
+@pytest.mark.parametrize("text, phase", [
+    (RELU, TRAIN), (LEAKY, TRAIN), (SIGMOID, TRAIN), (TANH, TRAIN), (DROPOUT, TRAIN),
+    (DROPOUT, TEST)])
+def test_numpy_and_cupy_agree(text, phase):
+    assert_same_on_both_backends(text, [random_input()], phase=phase)
