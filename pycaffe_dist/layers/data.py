@@ -141,12 +141,12 @@ class MemoryData(SourceLayer):
         if labels.ndim == 0 or len(labels) < n or labels[:n].size != n:
             raise self.error(f"labels have shape {tuple(labels.shape)}; expected {n} labels, "
                              "one per item")
+        pos = self._restored_pos or 0
+        if pos >= n:
+            raise self.error(f"the restored cursor {pos} is past the {n} items given")
         self._data = self._to_device(data[:n], self.scale)
         self._labels = self._to_device(labels[:n].reshape(n), 1.0)
-        self._n = n
-        self._pos, self._restored_pos = self._restored_pos or 0, None
-        if self._pos >= n:
-            raise self.error(f"the restored cursor {self._pos} is past the {n} items given")
+        self._n, self._pos, self._restored_pos = n, pos, None
 
     def _to_device(self, array, scale):
         array = backend.to_device(numpy.asarray(backend.to_host(array), dtype=self.dtype),
