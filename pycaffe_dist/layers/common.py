@@ -118,9 +118,11 @@ class InnerProduct(Layer):
                 xp.matmul(x.T, dy, out=grad)
             else:
                 xp.matmul(dy.T, x, out=grad)
-            weight.diff += grad
+            weight_diff = weight.diff  # a local: `blob.diff += g` would also copy it onto itself
+            weight_diff += grad
         if self.bias_term and self.param_propagate_down[1]:
-            self.blobs[1].diff += dy.sum(axis=0)
+            bias_diff = self.blobs[1].diff
+            bias_diff += dy.sum(axis=0)
         if propagate_down[0]:
             w = weight.data
             dx = bottom[0].diff.reshape(self.m, self.k)
