@@ -65,7 +65,7 @@ def _bilinear(param, shape, g):
         raise ValueError("bilinear filler needs a square 4-D kernel, got %s" % (shape,))
     k = shape[3]
     f = math.ceil(k / 2.0)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    c = (k - 1) / (2.0 * f)   # centre of the kernel in units of the factor
     idx = numpy.arange(k)
     w1 = 1 - numpy.abs(idx / f - c)
     return numpy.broadcast_to(numpy.outer(w1, w1), shape)
