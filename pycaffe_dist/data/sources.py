@@ -100,18 +100,35 @@ class ListSource:
 
 def decode_datums(transformer, records):
     """Serialized Datums -> (N x C x H x W float32 data, N float32 labels)."""
-    arrays, labels, offsets = [], [], []
-    for offset, key, value in records:
-        d = datum_mod.parse(value, key)
-        arrays.append(datum_mod.datum_to_array(d, transformer.color, key))
-        labels.append(d.label)
-        offsets.append(offset)
+    datums = [datum_mod.parse(value, key) for _, key, value in records]
+    offsets = [offset for offset, _, _ in records]
+    labels = numpy.fromiter((d.label for d in datums), numpy.float32, len(datums))
     try:
-        data = transformer.transform_batch(arrays, offsets)
+        images = _raw_batch(datums)
+        if images is None:
+            images = [datum_mod.datum_to_array(d, transformer.color, key) for d, (_, key, _) in zip(datums, records)]
+        return transformer.transform_batch(images, offsets), labels
     except ValueError as e:
         keys = ", ".join(repr(k.decode("utf-8", "replace")) for _, k, _ in records[:3])
         raise datum_mod.DatumError(f"batch of records {keys}...: {e}") from None
-    return data, numpy.asarray(labels, numpy.float32)
+
+
+def _raw_batch(datums):
+    """N raw uint8 Datums of one shape as one N x C x H x W view of their joined bytes, else None.
+
+    Small records (MNIST's 784 bytes) cost more in per-record numpy calls
+    than in data; one join and one frombuffer per batch is several times faster.
+    """
+    first = datums[0]
+    shape = (first.channels, first.height, first.width)
+    if first.encoded or not first.data:
+        return None
+    if any(d.encoded or (d.channels, d.height, d.width) != shape for d in datums):
+        return None
+    raw = b"".join(d.data for d in datums)
+    if len(raw) != len(datums) * shape[0] * shape[1] * shape[2]:
+        return None  # a short record: the per-record path names it
+    return numpy.frombuffer(raw, numpy.uint8).reshape((len(datums),) + shape)
 
 
 def decode_image_files(transformer, color, height, width, records):

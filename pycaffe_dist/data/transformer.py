@@ -97,12 +97,14 @@ class DataTransformer:
 
     # -- transforming ---------------------------------------------------------
     def transform_batch(self, images, offsets, out=None):
-        """Transform a list of C x H x W arrays of one shape into an N x C x h x w float32 array.
+        """Transform C x H x W arrays of one shape into an N x C x h x w float32 array.
 
-        `offsets` are the records' running offsets (see the module docstring).
+        `images` is a list of arrays or one N x C x H x W array; `offsets` are
+        the records' running offsets (see the module docstring).
         """
-        shape = tuple(images[0].shape)
-        for i, im in enumerate(images):
+        stacked = isinstance(images, numpy.ndarray) and images.ndim == 4
+        shape = tuple(images.shape[1:] if stacked else images[0].shape)
+        for i, im in enumerate(() if stacked else images):
             if tuple(im.shape) != shape:
                 raise TransformError(f"item {i} of the batch is {_dims(im.shape)}, item 0 is {_dims(shape)}: "
                                      "records in a batch must have one size (resize them or set crop_size)")
@@ -117,7 +119,7 @@ class DataTransformer:
 
         if not self.crop:
             # Whole-batch arithmetic: one pass per operation, no per-image loop.
-            out[...] = numpy.stack(images) if n > 1 else images[0][None]
+            out[...] = images if stacked else numpy.stack(images)
             if mean is not None:
                 out -= mean
             if self.scale != 1:
