@@ -49,11 +49,16 @@ def _to_mode(img, color):
 
 
 def pil_to_chw(img):
-    """A Pillow image in mode L or RGB -> uint8 C x H x W (BGR for colour)."""
+    """A Pillow image in mode L or RGB -> uint8 C x H x W (BGR for colour).
+
+    The result is a strided view of Pillow's H x W x C pixels, not a copy:
+    the transformer's one copy into the float batch does the reordering, so
+    a decoded image is copied once instead of twice.
+    """
     arr = numpy.asarray(img, dtype=numpy.uint8)
     if arr.ndim == 2:
-        return arr[None].copy()
-    return numpy.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
+        return arr[None]
+    return arr[:, :, ::-1].transpose(2, 0, 1)
 
 
 def chw_to_pil(arr):

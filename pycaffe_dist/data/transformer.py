@@ -141,10 +141,12 @@ class DataTransformer:
             if flips[i]:
                 window = window[..., ::-1]
             dst = out[i]
-            dst[...] = window
             if mean is not None:
                 m = mean[:, y:y + k, x:x + k] if mean.shape[1] > 1 else mean
-                dst -= m[..., ::-1] if flips[i] and mean.shape[2] > 1 else m
+                # One pass: convert, reorder and subtract together.
+                numpy.subtract(window, m[..., ::-1] if flips[i] and mean.shape[2] > 1 else m, out=dst)
+            else:
+                dst[...] = window
             if self.scale != 1:
                 dst *= self.scale
         return out
