@@ -12,6 +12,7 @@ PYCAFFE_DIST_DECODE_WORKERS (decode workers; default 1 for raw records, up
 to 4 for encoded ones) and PYCAFFE_DIST_DECODE_MODE ("thread" or "process").
 """
 import functools
+import logging
 import os
 
 import numpy
@@ -39,6 +40,9 @@ except ImportError:
     h5py_available = False
 
 TRAIN = 0
+log = logging.getLogger("pycaffe_dist")
+# A wait longer than this is logged (debug level), like Caffe's "Waiting for data".
+_WAIT_LOG_SECONDS = 0.001
 
 
 def _decode_workers(encoded):
@@ -87,6 +91,8 @@ class _PrefetchingLayer(Layer):
         self._offset = self._pipeline.state
         self.wait_seconds_last = self._pipeline.wait_seconds_last
         self.wait_seconds_total = self._pipeline.wait_seconds_total
+        if self.wait_seconds_last > _WAIT_LOG_SECONDS:
+            log.debug("%s: waited %.1f ms for data", self.name, self.wait_seconds_last * 1000)
         xp = backend.get_array_module(top[0].data)
         top[0].reshape(data.shape)
         top[0].data[...] = backend.to_device(data, xp)

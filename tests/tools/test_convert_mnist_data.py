@@ -2,6 +2,7 @@ import gzip
 import os
 
 import numpy
+import pytest
 
 from pycaffe_dist.data import datum, db, idx
 from pycaffe_dist.tools import convert_mnist_data
@@ -66,3 +67,28 @@ def test_count_mismatch(tmp_path, capsys):
     idx.write_idx(tmp_path / "few", numpy.zeros(3, numpy.uint8))
     check_failure(capsys, tmp_path, [ipath, str(tmp_path / "few"), str(tmp_path / "db")],
                   "holds 25 images but")
+
+
+def test_thin_script_runs_the_tool(tmp_path):
+    import subprocess
+    import sys
+    _, _, ipath, lpath = write_pair(tmp_path, n=2)
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    done = subprocess.run([sys.executable, os.path.join(root, "tools", "convert_mnist_data.py"),
+                           ipath, lpath, str(tmp_path / "db")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 records" in done.stdout
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION), reason="dataset-fashion-mnist is not installed")
+def test_fashion_mnist_test_set(tmp_path):
+    out = str(tmp_path / "db")
+    assert convert_mnist_data.main([f"{FASHION}/t10k-images-idx3-ubyte.gz", f"{FASHION}/t10k-labels-idx1-ubyte.gz",
+                                    out]) == 0
+    with db.Reader(out) as r:
+        assert r.size == 10000
+        d = datum.parse(r.item()[1])
+        assert (d.channels, d.height, d.width) == (1, 28, 28) and 0 <= d.label < 10
