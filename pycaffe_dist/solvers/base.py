@@ -1,5 +1,6 @@
 """The step loop every solver shares: test, forward/backward, display, update, snapshot."""
 import logging
+import math
 import os
 import time
 
@@ -9,7 +10,7 @@ from .. import backend
 from ..net import Net, TEST, TRAIN
 from ..proto import caffe_pb2, io as proto_io
 from ..proto.errors import ProtoError
-from . import lr_policy, updates
+from . import lr_policy, numerics, updates
 
 log = logging.getLogger("pycaffe_dist")
 
@@ -161,6 +162,9 @@ class Solver:
             for _ in range(max(p.iter_size, 1)):
                 loss += self.net.forward_backward()
             loss /= max(p.iter_size, 1)
+            if not (math.isfinite(loss) and numerics.gradients_finite(self.net)):
+                if self._numerical_fault(loss):
+                    continue
             self._update_smoothed_loss(loss, start_iter, average)
             if display and self.is_root:
                 timer_iter = self._display(timer_iter)
@@ -176,6 +180,19 @@ class Solver:
                 break
 
     is_root = property(lambda self: backend.solver_rank() == 0)
+
+    def _numerical_fault(self, loss):
+        """Stop (the default) or skip the step, as SolverParameter.nan_policy says."""
+        message = numerics.describe(self.net, self.iter, loss)
+        if self.param.nan_policy == "skip":
+            log.warning("Skipping the update: %s", message)
+            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            self.iter += 1
+            return True
+        if self.param.nan_policy != "stop":
+            raise SolverError("%s: nan_policy must be 'stop' or 'skip', not %r" % (self.path, self.param.nan_policy))
+        raise numerics.NumericalError(message + "; stopping (the last snapshot is kept; "
+                                      "set nan_policy: \"skip\" to skip such steps)")
 
     def _update_smoothed_loss(self, loss, start_iter, average):
         if len(self.losses) < average:

@@ -36,7 +36,7 @@ def user_errors(command):
                 return main(argv)
             except SystemExit as e:
                 return e.code if isinstance(e.code, int) else 2
-            except (UserError, ProtoError) as e:
+            except (UserError, ProtoError, ArithmeticError) as e:
                 print("pycaffe-dist %s: error: %s" % (command, e), file=sys.stderr)
                 return 1
             except FileNotFoundError as e:
