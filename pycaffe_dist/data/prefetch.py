@@ -69,6 +69,20 @@ class _ThreadPool:
         return [t for t in self._threads if t.is_alive()]
 
 
+# In a decode process: the decode function, sent once when the process starts
+# rather than pickled again with every batch (a mean file can be megabytes).
+_installed_decode = None
+
+
+def _install(decode):
+    global _installed_decode
+    _installed_decode = decode
+
+
+def _run_installed(records):
+    return _installed_decode(records)
+
+
 class _Shared:
     """Everything the reader thread touches; kept apart from the Pipeline object
     so that the threads do not keep the Pipeline alive and its finalizer can run."""
@@ -139,7 +153,9 @@ class Pipeline:
         elif mode == "process":
             # forkserver: forking a process that already runs threads can deadlock.
             context = multiprocessing.get_context("forkserver")
-            pool = concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context)
+            pool = concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context,
+                                                          initializer=_install, initargs=(decode,))
+            decode = _run_installed
         else:
             raise ValueError(f"decode mode must be 'thread' or 'process', got {mode!r}")
         self._shared = _Shared(source, decode, batch_size, prefetch, pool)

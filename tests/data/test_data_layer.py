@@ -100,12 +100,15 @@ def test_random_crop_mirror_deterministic_for_a_seed_whatever_the_workers(tmp_pa
     src = write_lmdb(str(tmp_path / "db"), arrays)
     lp = data_param(src, 4, crop_size=5, mirror=True)
     runs = []
-    for workers in ("1", "3"):
+    for workers, mode in (("1", "thread"), ("3", "thread"), ("2", "process")):
         monkeypatch.setenv("PYCAFFE_DIST_DECODE_WORKERS", workers)
+        monkeypatch.setenv("PYCAFFE_DIST_DECODE_MODE", mode)
         backend.set_random_seed(5)
         runs.append(run_layer(dataset.DataLayer, lp, TRAIN, 4)[0])
-    for a, b in zip(*runs):
-        numpy.testing.assert_array_equal(a, b)
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            numpy.testing.assert_array_equal(a, b)
+    monkeypatch.delenv("PYCAFFE_DIST_DECODE_MODE")
     backend.set_random_seed(6)
     other = run_layer(dataset.DataLayer, lp, TRAIN, 4)[0]
     assert any(not numpy.array_equal(a, b) for a, b in zip(runs[0], other))
