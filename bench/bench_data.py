@@ -96,7 +96,7 @@ def wait_share_fixed(path, tparam, step_seconds, steps):
     """Share of each step waiting for data for a consumer computing `step_seconds` per batch."""
     transformer = DataTransformer(tparam, TRAIN, seed=1)
     from functools import partial
-    with Pipeline(LMDBSource(path), partial(decode_datums, transformer), 64, prefetch=4) as p:
+    with Pipeline(LMDBSource(path), partial(decode_datums, transformer), 64, prefetch=4, workers=0) as p:
         p.next()
         wait, start = 0.0, time.perf_counter()
         for _ in range(steps):
@@ -150,17 +150,19 @@ def main(argv=None):
         parsed = cursor_rate(raw, secs, parse_too=True)
         print(f"bare cursor read          {ceiling:12,.0f} rec/s   (ceiling)")
         print(f"cursor read + Datum parse {parsed:12,.0f} rec/s   {parsed / ceiling:6.2f}x ceiling")
-        for mode, workers in (("thread", 1), ("thread", 2), ("process", 2)):
+        for mode, workers in (("thread", 0), ("thread", 1), ("thread", 2), ("process", 2)):
             rate = pipeline_rate(raw, raw_param, 64, workers, mode, secs)
-            print(f"pipeline {mode:7s} x{workers}       {rate:12,.0f} img/s   {rate / ceiling:6.2f}x ceiling")
+            label = "on reader" if workers == 0 else f"{mode:7s} x{workers}"
+            print(f"pipeline {label:17s} {rate:12,.0f} img/s   {rate / ceiling:6.2f}x ceiling")
 
         print("\n== encoded 256x256 JPEG, crop 227 + mirror (TRAIN), batch 32 ==")
         jpeg_param = caffe_pb2.TransformationParameter(crop_size=227, mirror=True, mean_value=[104, 117, 123])
         ceiling = cursor_rate(jpeg, secs)
         print(f"bare cursor read          {ceiling:12,.0f} rec/s   (ceiling)")
-        for mode, workers in (("thread", 1), ("thread", 2), ("process", 2)):
+        for mode, workers in (("thread", 1), ("thread", 2), ("thread", 4), ("process", 2)):
             rate = pipeline_rate(jpeg, jpeg_param, 32, workers, mode, secs)
-            print(f"pipeline {mode:7s} x{workers}       {rate:12,.0f} img/s   {rate / ceiling:6.4f}x ceiling")
+            label = f"{mode:7s} x{workers}"
+            print(f"pipeline {label:17s} {rate:12,.0f} img/s   {rate / ceiling:6.4f}x ceiling")
 
         print("\n== share of each training step spent waiting for data (target < 2%) ==")
         share, note = wait_share_lenet(100 if args.quick else 300)

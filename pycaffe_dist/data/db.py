@@ -7,6 +7,7 @@ still be read. Writers build the database under a temporary name next to
 the final one and rename it at the end, so an interrupted conversion never
 leaves a half-written database under the name a net will read.
 """
+import itertools
 import os
 import shutil
 
@@ -82,6 +83,19 @@ class Reader:
         """Move to the next record, wrapping to the first at the end."""
         if not self._cursor.next():
             self._cursor.first()
+
+    def take(self, n):
+        """The next n (key, value) records, wrapping; the cursor ends on the record after them."""
+        out = []
+        while True:
+            # iternext() walks in C, yielding the record under the cursor before
+            # each step; islice stops it still *on* the last record it yielded.
+            out.extend(itertools.islice(self._cursor.iternext(), n - len(out)))
+            if len(out) == n:
+                if not self._cursor.next():
+                    self._cursor.first()
+                return out
+            self._cursor.first()   # ran off the end: wrap
 
     def seek_offset(self, offset):
         """Put the cursor on record number `offset % size` (records in key order)."""

@@ -31,6 +31,29 @@ class PipelineError(RuntimeError):
     """The pipeline was used after close(), or its reader died."""
 
 
+class _InlinePool:
+    """No workers: the reader decodes each batch itself.
+
+    For raw records decoding costs less than handing a batch to another
+    thread and waking it, so one thread doing both is the fastest pool.
+    """
+
+    @staticmethod
+    def submit(fn, *args):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            future.set_exception(e)
+        return future
+
+    def shutdown(self):
+        pass
+
+    def alive(self):
+        return []
+
+
 class _ThreadPool:
     """A minimal pool of daemon threads returning concurrent.futures.Future objects."""
 
@@ -126,7 +149,7 @@ class _Shared:
             except queue.Empty:
                 pass
             reader.join(timeout=_POLL)
-        if isinstance(self.pool, _ThreadPool):
+        if isinstance(self.pool, (_ThreadPool, _InlinePool)):
             self.pool.shutdown()
         else:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -142,22 +165,24 @@ class Pipeline:
             functools.partial of one) when mode is "process".
         batch_size: records per batch.
         prefetch: batches ready or in progress at most (Caffe's prefetch).
-        workers: decode workers.
-        mode: "thread" or "process".
+        workers: decode workers; 0 decodes on the reader thread.
+        mode: "thread" or "process" workers.
         name: used for thread names.
     """
 
     def __init__(self, source, decode, batch_size, prefetch=4, workers=1, mode="thread", name="data"):
-        if mode == "thread":
-            pool = _ThreadPool(max(1, workers), name)
+        if mode not in ("thread", "process"):
+            raise ValueError(f"decode mode must be 'thread' or 'process', got {mode!r}")
+        if workers <= 0:
+            pool = _InlinePool()
+        elif mode == "thread":
+            pool = _ThreadPool(workers, name)
         elif mode == "process":
             # forkserver: forking a process that already runs threads can deadlock.
             context = multiprocessing.get_context("forkserver")
-            pool = concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context,
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                           initializer=_install, initargs=(decode,))
             decode = _run_installed
-        else:
-            raise ValueError(f"decode mode must be 'thread' or 'process', got {mode!r}")
         self._shared = _Shared(source, decode, batch_size, prefetch, pool)
         self._reader = threading.Thread(target=self._shared.read_loop, daemon=True, name=f"{name}-reader")
         self._reader.start()
@@ -198,7 +223,7 @@ class Pipeline:
     def threads(self):
         """The pipeline's live threads (for tests that check a clean shutdown)."""
         pool = self._shared.pool
-        workers = pool.alive() if isinstance(pool, _ThreadPool) else []
+        workers = pool.alive() if isinstance(pool, (_ThreadPool, _InlinePool)) else []
         return [t for t in [self._reader] + workers if t.is_alive()]
 
     def __enter__(self):

@@ -40,10 +40,14 @@ class LMDBSource:
         if self._reader is None:  # opened on the reader thread, which then owns it
             self._reader = db.Reader(self.path)
             self._reader.seek_offset(self.offset)
+        if self.size == 1:
+            start = self.offset
+            self.offset += n
+            return [(start + i, key, value) for i, (key, value) in enumerate(self._reader.take(n))]
         records = []
         reader, size, rank = self._reader, self.size, self.rank
         while len(records) < n:
-            if size == 1 or self.offset % size == rank:
+            if self.offset % size == rank:
                 key, value = reader.item()
                 records.append((self.offset, key, value))
             reader.advance()

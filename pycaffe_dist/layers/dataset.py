@@ -8,8 +8,8 @@ to stop the pipeline's threads; they are daemons, so a crash cannot hang
 the process either way.
 
 Environment knobs, until the prototxt grows fields for them:
-PYCAFFE_DIST_DECODE_WORKERS (decode workers; default 1 for raw records, up
-to 4 for encoded ones) and PYCAFFE_DIST_DECODE_MODE ("thread" or "process").
+PYCAFFE_DIST_DECODE_WORKERS (decode workers; default 0, decoding on the
+reader thread, for raw records, up to 4 for encoded ones) and PYCAFFE_DIST_DECODE_MODE ("thread" or "process").
 """
 import functools
 import logging
@@ -48,10 +48,11 @@ _WAIT_LOG_SECONDS = 0.001
 def _decode_workers(encoded):
     configured = os.environ.get("PYCAFFE_DIST_DECODE_WORKERS")
     if configured:
-        return max(1, int(configured))
-    # Raw records decode in microseconds; more threads would only fight over
-    # the GIL. Encoded ones spend their time in Pillow, which releases it.
-    return min(4, os.cpu_count() or 1) if encoded else 1
+        return max(0, int(configured))
+    # Raw records decode in microseconds: cheaper on the reader thread than
+    # handed to a worker (bench/bench_data.py). Encoded ones spend their time
+    # in Pillow, which releases the GIL, so threads run them in parallel.
+    return min(4, os.cpu_count() or 1) if encoded else 0
 
 
 class _PrefetchingLayer(Layer):

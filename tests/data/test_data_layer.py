@@ -100,7 +100,7 @@ def test_random_crop_mirror_deterministic_for_a_seed_whatever_the_workers(tmp_pa
     src = write_lmdb(str(tmp_path / "db"), arrays)
     lp = data_param(src, 4, crop_size=5, mirror=True)
     runs = []
-    for workers, mode in (("1", "thread"), ("3", "thread"), ("2", "process")):
+    for workers, mode in (("0", "thread"), ("1", "thread"), ("3", "thread"), ("2", "process")):
         monkeypatch.setenv("PYCAFFE_DIST_DECODE_WORKERS", workers)
         monkeypatch.setenv("PYCAFFE_DIST_DECODE_MODE", mode)
         backend.set_random_seed(5)

@@ -56,3 +56,15 @@ def test_reader_errors(tmp_path):
         db.check_backend(0, "x")
     db.check_backend(1, "x")
     db.check_backend("LMDB", "x")
+
+
+def test_take_wraps_and_continues_where_it_stopped(tmp_path):
+    path = str(tmp_path / "x_lmdb")
+    with db.Writer(path) as w:
+        for i in range(5):
+            w.put(f"{i:08d}", b"%d" % i)
+    with db.Reader(path) as r:
+        got = [v for _ in range(4) for _, v in r.take(3)]
+        assert got == [b"0", b"1", b"2", b"3", b"4", b"0", b"1", b"2", b"3", b"4", b"0", b"1"]
+        assert r.item()[1] == b"2"
+        assert [v for _, v in r.take(12)] == [b"%d" % (i % 5) for i in range(2, 14)]
