@@ -3,13 +3,14 @@
 Data and ImageData run the prefetch pipeline (pycaffe_dist/data/prefetch.py):
 forward only takes the next ready batch and copies it into the tops. The
 seconds each forward waited for it are in `wait_seconds_last` and
-`wait_seconds_total`. Call `close()` (the Net does at the end of training)
-to stop the pipeline's threads; they are daemons, so a crash cannot hang
-the process either way.
+`wait_seconds_total`. `close()` stops the pipeline's threads (a later
+forward starts them again where the stream stopped); they are daemons, so a
+crash cannot hang the process either way.
 
 Environment knobs, until the prototxt grows fields for them:
-PYCAFFE_DIST_DECODE_WORKERS (decode workers; default 0, decoding on the
-reader thread, for raw records, up to 4 for encoded ones) and PYCAFFE_DIST_DECODE_MODE ("thread" or "process").
+PYCAFFE_DIST_DECODE_WORKERS: decode workers; default 0 (decode on the reader
+thread) for raw records, up to 4 for encoded ones.
+PYCAFFE_DIST_DECODE_MODE: "thread" (default) or "process" workers.
 """
 import functools
 import logging
@@ -85,6 +86,8 @@ class _PrefetchingLayer(Layer):
         pass  # tops take each batch's shape in forward
 
     def forward(self, bottom, top):
+        if self._pipeline is None:   # closed: carry on from where the stream stopped
+            self._start(self._offset)
         try:
             data, labels = self._pipeline.next()
         except (datum_mod.DatumError, image.ImageError, db.DBError, TransformError) as e:
@@ -111,7 +114,7 @@ class _PrefetchingLayer(Layer):
             self._start(int(state["offset"]))
 
     def close(self):
-        """Stop the prefetch threads (and processes); forward cannot be called afterwards."""
+        """Stop the prefetch threads (and processes); a later forward restarts them."""
         if self._pipeline is not None:
             self._pipeline.close()
             self._pipeline = None
