@@ -1,4 +1,4 @@
-"""Common layers: InnerProduct, Flatten, Concat, Split, Eltwise, Softmax.
+"""Common layers: InnerProduct, Embed, Flatten, Concat, Split, Eltwise, Softmax.
 
 Also the small helpers other layer families share: axis canonicalisation,
 the outer/inner split of a shape around an axis, reusable scratch buffers and
@@ -50,6 +50,19 @@ def softmax(xp, x, y, scale):
     xp.exp(y, out=y)
     y.sum(axis=1, keepdims=True, out=scale)
     y /= scale
+
+
+def read_indices(layer, blob, limit, what):
+    """A blob's values as int64 indices into range(limit); a value that is not
+    an integer in that range raises an error naming it (Caffe truncates the
+    float and checks only in debug builds)."""
+    values = blob.data.reshape(-1)
+    indices = values.astype(numpy.int64)
+    bad = (indices != values) | (indices < 0) | (indices >= limit)
+    if bool(bad.any()):
+        value = float(values[bad][0])
+        raise layer.error(f"{what} value {value:g} is not an integer in [0, {limit})")
+    return indices
 
 
 def check_not_in_place(layer, bottom, top):
@@ -127,6 +140,56 @@ class InnerProduct(Layer):
             w = weight.data
             dx = bottom[0].diff.reshape(self.m, self.k)
             xp.matmul(dy, w.T if self.transpose else w, out=dx)
+
+
+# -- Embed ------------------------------------------------------------------------
+@register
+class Embed(Layer):
+    """y[..., :] = W[x] (+ b): rows of a learned input_dim x num_output table
+    looked up by the integer ids in the bottom (InnerProduct on one-hot
+    inputs). The ids get no gradient."""
+
+    type = "Embed"
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        check_not_in_place(self, bottom, top)
+        p = self.param.embed_param
+        if p.num_output <= 0 or p.input_dim <= 0:
+            raise self.error("embed_param needs positive num_output and input_dim, got "
+                             f"{p.num_output} and {p.input_dim}")
+        self.num_output, self.input_dim = int(p.num_output), int(p.input_dim)
+        self.bias_term = bool(p.bias_term)
+        if not self.blobs:
+            self.blobs = [self.make_blob((self.input_dim, self.num_output), p.weight_filler)]
+            if self.bias_term:
+                self.blobs.append(self.make_blob((self.num_output,), p.bias_filler))
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(tuple(bottom[0].shape) + (self.num_output,))
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def forward(self, bottom, top):
+        self._ids = read_indices(self, bottom[0], self.input_dim, "bottom[0] (an id)")
+        y = top[0].data.reshape(-1, self.num_output)
+        self.xp.take(self.blobs[0].data, self._ids, axis=0, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise self.error("cannot backpropagate to its input ids (bottom[0])")
+        dy = top[0].diff.reshape(-1, self.num_output)
+        if self.param_propagate_down[0]:
+            # repeated ids add up, as the one-hot product would
+            self.xp.add.at(self.blobs[0].diff, self._ids, dy)
+        if self.bias_term and self.param_propagate_down[1]:
+            bias_diff = self.blobs[1].diff
+            bias_diff += dy.sum(axis=0)
 
 
 # -- Flatten ----------------------------------------------------------------------
