@@ -1,4 +1,4 @@
-"""Normalization layers: BatchNorm. (LRN lives with the vision layers.)"""
+"""Normalization layers: BatchNorm, MVN. (LRN lives with the vision layers.)"""
 from ..proto.caffe_pb2 import TEST
 from .base import Layer, register
 from .common import scratch
@@ -108,3 +108,70 @@ class BatchNorm(Layer):
         xp.subtract(dy, mean_dy, out=dx)
         dx -= product
         dx *= inv_std
+
+
+@register
+class MVN(Layer):
+    """Mean-variance normalization: subtract the mean of each item's values in
+    each channel (of all its channels with across_channels); with
+    normalize_variance (the default) also divide by the standard deviation
+    plus eps (Caffe adds eps to the deviation, not the variance)."""
+
+    type = "MVN"
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.mvn_param
+        self.normalize_variance = bool(p.normalize_variance)
+        self.across_channels = bool(p.across_channels)
+        self.eps = float(p.eps)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        n = shape[0] if shape else 1
+        rows = n if self.across_channels or len(shape) < 2 else n * shape[1]
+        self.dims = (rows, bottom[0].count // max(rows, 1))
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        xp = self.xp
+        rows = self.dims[0]
+        x = bottom[0].data.reshape(self.dims)
+        y = top[0].data.reshape(self.dims)
+        mean = scratch(self, "_mean", (rows, 1), x.dtype)
+        x.mean(axis=1, keepdims=True, out=mean)
+        xp.subtract(x, mean, out=y)   # y may be x: the mean is taken first
+        if not self.normalize_variance:
+            return
+        square = scratch(self, "_square", self.dims, y.dtype)
+        xp.multiply(y, y, out=square)
+        inv_std = scratch(self, "_inv_std", (rows, 1), y.dtype)
+        square.mean(axis=1, keepdims=True, out=inv_std)
+        xp.sqrt(inv_std, out=inv_std)
+        inv_std += inv_std.dtype.type(self.eps)
+        xp.reciprocal(inv_std, out=inv_std)
+        y *= inv_std
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        rows = self.dims[0]
+        dy = top[0].diff.reshape(self.dims)
+        dx = bottom[0].diff.reshape(self.dims)
+        mean_dy = scratch(self, "_mean", (rows, 1), dy.dtype)
+        dy.mean(axis=1, keepdims=True, out=mean_dy)
+        if not self.normalize_variance:
+            xp.subtract(dy, mean_dy, out=dx)
+            return
+        # dx = (dy - mean(dy) - y * mean(y * dy)) / (std + eps), as Caffe;
+        # both means are taken before dx (which may be dy) is written.
+        y = top[0].data.reshape(self.dims)
+        product = scratch(self, "_square", self.dims, y.dtype)
+        xp.multiply(dy, y, out=product)
+        mean_dy_y = product.mean(axis=1, keepdims=True)
+        xp.multiply(y, mean_dy_y, out=product)
+        xp.subtract(dy, mean_dy, out=dx)
+        dx -= product
+        dx *= self._inv_std
