@@ -268,6 +268,22 @@ class Net:
         """Call hook(layer_index) after each layer's backward (to start reducing its gradients)."""
         self.after_backward_hooks.append(hook)
 
+    def bind_flat(self, data=None, diff=None):
+        """Make the learnable blobs views of other flat buffers (shared memory, a peer net's weights).
+
+        Nothing is copied. Nets that shared weights with this one must call
+        share_weights_with again.
+        """
+        data = self.flat_data if data is None else data
+        diff = self.flat_diff if diff is None else diff
+        if data.shape != self.flat_data.shape or diff.shape != self.flat_diff.shape:
+            raise ValueError("flat buffers of %s and %s elements for a net with %d parameters"
+                             % (data.shape, diff.shape, self.flat_data.size))
+        for p in self.learnable:
+            n, shape = p.blob.count, p.blob.shape
+            p.blob.bind(data[p.offset:p.offset + n].reshape(shape), diff[p.offset:p.offset + n].reshape(shape))
+        self.flat_data, self.flat_diff = data, diff
+
     def share_weights_with(self, other):
         """Make this net's learnable blobs views of `other`'s flat buffers (test nets share with train)."""
         theirs = {}
