@@ -1,3 +1,3 @@
 """Layer registry; importing this package registers every built-in layer."""
 from .base import LAYERS, Layer, LayerError, layer_class, layer_type_list, register  # noqa: F401
-from . import data, vision, neuron, arithmetic, common, utility, reduction, norm, loss  # noqa: F401  (registration)
+from . import data, vision, neuron, arithmetic, common, utility, reduction, norm, loss, margin_loss  # noqa: F401  (registration)
