@@ -187,7 +187,8 @@ class PReLU(NeuronLayer):
         slopes = 1 if self.channel_shared else shape[1]
         if not self.blobs:
             filler = p.filler if p.HasField("filler") else FillerParameter(type="constant", value=0.25)
-            self.blobs = [self.make_blob((slopes,), filler)]
+            # Caffe's shared slope is a 0-axis blob; keep its shape so weights load
+            self.blobs = [self.make_blob(() if self.channel_shared else (slopes,), filler)]
         if self.blobs[0].count != slopes:
             raise self.error(f"the slope blob has {self.blobs[0].count} values but "
                              f"{'channel_shared needs 1' if self.channel_shared else f'bottom has {slopes} channels'}")
@@ -227,7 +228,7 @@ class PReLU(NeuronLayer):
             product *= dy
             grad = product.sum(axis=(0, 2))
             slope_diff = self.blobs[0].diff
-            slope_diff += grad.sum(keepdims=True) if self.channel_shared else grad
+            slope_diff += grad.sum() if self.channel_shared else grad
         if propagate_down[0]:
             # dx = dy where x > 0, a * dy elsewhere
             slopes = self.scratch("_negative", self.dims, x.dtype)

@@ -161,7 +161,7 @@ def test_prelu_learned_slopes(shared):
     x = random_input((2, 3, 4))
     y = run_forward(layer, [blob_of(x)], [Blob(x.shape, dtype=numpy.float64)])
     slopes = layer.blobs[0].data
-    assert slopes.shape == ((1,) if shared else (3,))
+    assert slopes.shape == (() if shared else (3,))   # Caffe's shapes
     assert 0.1 <= slopes.min() and slopes.max() <= 0.9
     a = slopes.reshape(1, -1, 1)
     numpy.testing.assert_allclose(y, numpy.where(x > 0, x, a * x))
