@@ -38,6 +38,13 @@ def check_backend(backend, path):
         raise DBError(f"{path}: backend {name!r} is not supported; convert the data to LMDB")
 
 
+def is_lmdb(path):
+    """Whether `path` is an LMDB database (a folder holding data.mdb, or the file itself)."""
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, "data.mdb"))
+    return os.path.isfile(path)
+
+
 class Reader:
     """Read-only access to an LMDB database: record count and a wrapping cursor."""
 

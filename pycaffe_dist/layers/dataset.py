@@ -142,7 +142,11 @@ class DataLayer(_PrefetchingLayer):
         if not p.batch_size:
             raise self.error("data_param.batch_size must be positive")
         try:
-            db.check_backend(p.backend, p.source)
+            # DataParameter's default backend is LEVELDB, so a prototxt that
+            # leaves it out (or names it by mistake) still reads an LMDB.
+            if p.HasField("backend") and p.backend != p.LMDB and os.path.exists(p.source) \
+                    and not db.is_lmdb(p.source):
+                db.check_backend(p.backend, p.source)
             # Caffe lets data_param carry the old transformation fields too.
             tparam = self.param.transform_param
             for name in ("scale", "mean_file", "crop_size", "mirror"):

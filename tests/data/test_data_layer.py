@@ -218,3 +218,17 @@ def test_hdf5_data(tmp_path):
     _, labels = run_layer(dataset.HDF5DataLayer, lp, TRAIN, 2)
     epoch = numpy.concatenate(labels)[:7]
     assert sorted(epoch) == sorted(r[1] for r in rows)
+
+
+def test_backend_field(tmp_path):
+    src = write_lmdb(str(tmp_path / "db"), numpy.zeros((2, 1, 2, 2), numpy.uint8))
+    lp = data_param(src, 2)
+    lp.data_param.ClearField("backend")     # Caffe's default says LEVELDB; the folder says LMDB
+    assert run_layer(dataset.DataLayer, lp, TEST, 1)[0][0].shape == (2, 1, 2, 2)
+    leveldb = tmp_path / "ldb"
+    leveldb.mkdir()
+    (leveldb / "CURRENT").write_text("MANIFEST-000001\n")
+    lp = data_param(str(leveldb), 2)
+    lp.data_param.backend = caffe_pb2.DataParameter.LEVELDB
+    with pytest.raises(LayerError, match="backend 'leveldb' is not supported"):
+        run_layer(dataset.DataLayer, lp, TEST, 1)
