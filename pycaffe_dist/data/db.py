@@ -10,6 +10,7 @@ leaves a half-written database under the name a net will read.
 import itertools
 import os
 import shutil
+import threading
 
 try:  # pragma: no cover - depends on the installation
     import lmdb as _lmdb
@@ -45,6 +46,38 @@ def is_lmdb(path):
     return os.path.isfile(path)
 
 
+# lmdb allows one Environment per database and process, but a process may
+# hold several readers of one database (train and test nets, Hogwild
+# threads, a parallel worker's shard nets): they share it, counted.
+_envs = {}                   # real path -> [Environment, readers]
+_envs_lock = threading.Lock()
+
+
+def _acquire_env(path):
+    key = os.path.realpath(path)
+    with _envs_lock:
+        entry = _envs.get(key)
+        if entry is None:
+            try:
+                env = _lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                 subdir=os.path.isdir(path), max_readers=126)
+            except _lmdb.Error as e:
+                raise DBError(f"{path}: cannot open as LMDB: {e}") from None
+            entry = _envs[key] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_env(path):
+    key = os.path.realpath(path)
+    with _envs_lock:
+        entry = _envs[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].close()
+            del _envs[key]
+
+
 class Reader:
     """Read-only access to an LMDB database: record count and a wrapping cursor."""
 
@@ -53,11 +86,7 @@ class Reader:
         self.path = path
         if not os.path.exists(path):
             raise DBError(f"{path}: no such database")
-        try:
-            self._env = _lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                   subdir=os.path.isdir(path), max_readers=126)
-        except _lmdb.Error as e:
-            raise DBError(f"{path}: cannot open as LMDB: {e}") from None
+        self._env = _acquire_env(path)
         self._txn = self._env.begin(buffers=False)
         self._cursor = self._txn.cursor()
         self.size = self._env.stat()["entries"]
@@ -70,7 +99,7 @@ class Reader:
         if self._env is not None:
             self._cursor = None
             self._txn.abort()
-            self._env.close()
+            _release_env(self.path)
             self._env = None
 
     def __enter__(self):
