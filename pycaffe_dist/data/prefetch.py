@@ -166,7 +166,8 @@ class Pipeline:
         batch_size: records per batch.
         prefetch: batches ready or in progress at most (Caffe's prefetch).
         workers: decode workers; 0 decodes on the reader thread.
-        mode: "thread" or "process" workers.
+        mode: "thread" or "process" workers. Process workers start as spawned
+            interpreters, so a script using them needs an `if __name__ == "__main__"` guard.
         name: used for thread names.
     """
 

@@ -42,12 +42,14 @@ def collect(workers, mode="thread", n=12):
 
 
 def test_order_and_content_do_not_depend_on_worker_count():
+    import multiprocessing
     one = collect(1)
     assert [list(b[0]) for b in one[:2]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for got in (collect(0), collect(3), collect(2, mode="process", n=6)):
         for a, b in zip(one, got):
             numpy.testing.assert_array_equal(a[0], b[0])
             numpy.testing.assert_array_equal(a[1], b[1])
+    assert multiprocessing.active_children() == []   # the process pool is gone after close
 
 
 def test_queue_is_bounded_by_prefetch():
