@@ -66,16 +66,15 @@ class Settings:
         mode = s.mode or ("thread" if s.strategy == "hogwild" else "process")
         if mode not in MODES:
             raise ConfigError("unknown parallel mode %r (known: %s)" % (mode, ", ".join(MODES)))
+        if s.strategy == "hogwild" and s.gpus:
+            raise ConfigError("hogwild shares one weight array between CPU workers; it does not run on GPUs")
         if s.gpus and mode != "process":
             raise ConfigError("GPU workers run as processes (one per GPU); mode %r is CPU only" % mode)
         if s.algorithm not in ALGORITHMS:
             raise ConfigError("unknown reduction algorithm %r (known: %s)"
                               % (s.algorithm, ", ".join(ALGORITHMS)))
-        if s.strategy == "hogwild":
-            if s.gpus:
-                raise ConfigError("hogwild shares one weight array between CPU workers; it does not run on GPUs")
-            if s.deterministic:
-                raise ConfigError("hogwild updates without locks, so it cannot be deterministic")
+        if s.strategy == "hogwild" and s.deterministic:
+            raise ConfigError("hogwild updates without locks, so it cannot be deterministic")
         shards = s.shards or s.workers
         if s.deterministic and shards % s.workers:
             raise ConfigError("deterministic mode needs shards (%d) to be a multiple of workers (%d)"

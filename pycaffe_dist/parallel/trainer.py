@@ -73,7 +73,7 @@ def train(solver, settings=None, dtype=numpy.float32, resume=None, weights=(), s
     job = Job(solver_bytes=param.SerializeToString(), solver_path=os.path.abspath(path) if path != "<solver>" else path,
               settings=settings, dtype=numpy.dtype(dtype).name, resume=resume, weights=tuple(weights),
               setup=setup, log_level=log_level if log_level is not None else log.getEffectiveLevel(),
-              return_weights=return_weights)
+              return_weights=return_weights, layer_modules=_layer_modules())
     group = LoopbackGroup(settings.workers, processes=processes, capacity=_capacity(settings))
     log.info("Training with %d %s worker%s (%s%s)", settings.workers, "process" if processes else "thread",
              "s" if settings.workers > 1 else "", settings.strategy,
@@ -85,6 +85,12 @@ def train(solver, settings=None, dtype=numpy.float32, resume=None, weights=(), s
     return RunResult(iter=root["iter"], seconds=root["seconds"], iterations=root["iterations"],
                      digests=[r["digest"] for r in reports], test_scores=root.get("test_scores", []),
                      weights=root.get("weights"), stopped_early=root["stopped_early"], reports=reports)
+
+
+def _layer_modules():
+    """Modules whose import registers the layers known here (a script's own __main__ cannot be)."""
+    from ..layers import LAYERS
+    return tuple(sorted({cls.__module__ for cls in LAYERS.values()} - {"__main__", "__mp_main__"}))
 
 
 def _capacity(settings):

@@ -4,6 +4,7 @@ Runs inside a worker process or thread started by launcher.run_workers;
 `train_worker` is the target and the payload is a Job.
 """
 import hashlib
+import importlib
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ class Job:
     setup: object = None            # setup(TrainingWorker), module-level for processes
     log_level: int = None
     return_weights: bool = False
+    layer_modules: tuple = ()       # modules that registered layers in the parent
     thread_shared: dict = field(default_factory=dict)   # threads only: rank 0's weights
 
 
@@ -55,6 +57,9 @@ def train_worker(worker):
     job, s = worker.payload, worker.payload.settings
     if not worker.threaded:
         _setup_logging(worker.rank, job.log_level)
+        # A fresh interpreter knows only the layers its imports register.
+        for name in job.layer_modules:
+            importlib.import_module(name)
     per_worker = s.shards_per_worker
     count = s.shards if s.deterministic else s.workers
     first = worker.rank * per_worker
@@ -88,6 +93,7 @@ def train_worker(worker):
     solver.action_request = _requests(worker, host, s.strategy == "hogwild")
     if job.resume:
         solver.restore(job.resume)
+        _restore_shard_nets(solver.net, nets, count)
     start_iter, started = solver.iter, time.perf_counter()
     solver.solve()
     seconds = time.perf_counter() - started
@@ -158,6 +164,22 @@ def _snapshot_global_data_position(net, count):
                 state = dict(state, offset=-(-int(state["offset"]) // count) * count)
             return state
         layer.get_state = get_state
+
+
+def _restore_shard_nets(net, nets, count):
+    """Give this worker's other shard nets the data position the solver's net restored.
+
+    A snapshot holds the root's position, the global batch boundary, from
+    which every shard continues with its own records.
+    """
+    for shard, other in nets.items():
+        if other is net:
+            continue
+        with shard_nets.as_shard(shard, count):     # data layers restart as their shard
+            for mine, theirs in zip(net.layers, other.layers):
+                state = mine.get_state()
+                if state is not None:
+                    theirs.set_state(state)
 
 
 def _shared_weights(worker, solver, host):
