@@ -1,15 +1,25 @@
 """2-D max and average pooling over (N, C, H, W) arrays, Caffe's arithmetic.
 
-Max pooling walks the kernel offsets: each offset is a strided (NC, OH, OW)
-view of the (padded) input, and the running maximum and the offset that set
-it are updated with whole-array ops, kernel-area many. Ties go to the first
-offset in row-major order, as in Caffe, because only a strictly greater value
-replaces the running maximum. The winning offset is kept as a small integer
-array, so backward is one compare and one multiply per offset.
+numpy pays per inner loop: an op over (NC, OH, OW) windows runs NC*OH loops
+of only OW values, and that overhead, not the arithmetic, dominated the first
+pooling code. So windows are reduced in two stages:
 
-Average pooling is linear, so when the planes are small it is one GEMM with a
-(H*W, OH*OW) matrix holding the window weights 1/pool_size (Caffe's pool size
-counts padding up to H + pad); bigger planes sum offset views separably.
+  stage 1 (along rows): h[t] = reduce over j < kw of src[s_w * t + j], where t
+      runs over the whole padded input flattened, each row padded to a
+      multiple of s_w. That is one strided 1-D loop per offset. The few
+      outputs per row that straddle two rows are garbage and never read.
+  stage 2 (down columns): y[oh, ow] = reduce over i < kh of h[s_h * oh + i, ow],
+      (NC, OH, OW) views, kh - 1 ops.
+
+Max pooling keeps, per stage and offset, where a strictly greater value took
+over. Reducing rows first and letting only strictly greater values win picks
+the first maximum in row-major order, as Caffe's loop does, and the backward
+pass routes the gradient back through the two chains with a multiply and a
+subtract per offset.
+
+Average pooling is linear: for small planes it is one GEMM with a (H*W, OH*OW)
+matrix of window weights 1/pool_size (Caffe's pool size counts padding up to
+H + pad); bigger planes use the same two stages with sums.
 """
 import math
 
@@ -36,153 +46,219 @@ def pooled_size(size, kernel, stride, pad, ceil_mode=True):
 
 
 class PoolGeometry:
-    """Kernel, stride and pad as (h, w) pairs, with the input and output sizes."""
+    """Kernel, stride and pad as (h, w) pairs, with the input and output sizes,
+    and the layout of the two-stage computation."""
 
     def __init__(self, kernel, stride, pad, in_size, out_size):
         self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
-        # Rows/columns the windows touch, in padded coordinates.
-        self.span = tuple((o - 1) * s + k for o, s, k in zip(self.out_size, self.stride, self.kernel))
-        self.needs_buffer = any(p > 0 or span > size for p, span, size in zip(self.pad, self.span, self.in_size))
-        self.overlapping = any(s < k for s, k in zip(self.stride, self.kernel))
-        self.offsets = [(i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1])]
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        (h, w), (oh, ow) = self.in_size, self.out_size
+        span_h = (oh - 1) * sh + kh                 # padded rows the windows touch
+        span_w = (ow - 1) * sw + kw
+        self.row_outputs = -(-span_w // sw)          # stage-1 outputs per row, >= OW
+        row = self.row_outputs * sw
+        # The input itself is the stage-1 source when no padding is needed,
+        # its rows are already a multiple of the stride and no window reads
+        # past the array's end.
+        self.direct = (ph == 0 and pw == 0 and span_h <= h and w == row and kw <= sw)
+        self.rows = h if self.direct else span_h     # rows of the stage-1 source
+        self.row_length = row
+        self.slack = max(0, kw - sw)                 # garbage outputs read past the end
+        # Input rows/columns the windows reach; the rest is never read.
+        self.extent = (min(h, span_h - ph), min(w, row - pw))
 
-    def copied_extent(self):
-        """How many input rows/columns the windows reach (the rest is never read)."""
-        return tuple(min(size, span - p) for size, span, p in zip(self.in_size, self.span, self.pad))
+    def overlaps(self, axis):
+        return self.stride[axis] < self.kernel[axis]
 
-    def covers_exactly(self):
-        """Every input element is in exactly one window (backward may assign)."""
-        return not self.needs_buffer and not self.overlapping and all(
-            s == k and span == size for s, k, span, size in zip(self.stride, self.kernel, self.span, self.in_size))
+    def exact_cover(self):
+        """Every input element lies in exactly one window."""
+        return self.direct and self.kernel == self.stride and self.out_size[0] * self.stride[0] == self.in_size[0]
 
 
-def _offset_view(xp, planes, geometry, offset):
-    """The (NC, OH, OW) view of `planes` seen by kernel offset (i, j)."""
-    i, j = offset
-    st = planes.strides
-    shape = (planes.shape[0],) + geometry.out_size
-    strides = (st[0], st[1] * geometry.stride[0], st[2] * geometry.stride[1])
-    return xp.lib.stride_tricks.as_strided(planes[:, i:, j:], shape, strides)
+class _TwoStage:
+    """Buffers and strided views shared by max and average pooling."""
 
-
-class _Pooling:
     def __init__(self, geometry):
         self.geometry = geometry
         self.workspace = Workspace()
 
-    def _planes(self, x):
+    @staticmethod
+    def _planes(x):
         n, c, h, w = x.shape
         return x.reshape(n * c, h, w)
 
-    def _padded_input(self, xp, planes, fill):
-        """The input inside a buffer padded with `fill`, or the input itself
-        when the windows stay inside it."""
-        g = self.geometry
-        if not g.needs_buffer:
-            return planes
-        buf = self.workspace.get("xpad", (planes.shape[0],) + g.span, planes.dtype, xp, fill=fill)
-        eh, ew = g.copied_extent()
-        ph, pw = g.pad
-        buf[:, ph:ph + eh, pw:pw + ew] = planes[:, :eh, :ew]
-        return buf
+    def _stage1_count(self, nc):
+        return nc * self.geometry.rows * self.geometry.row_outputs
 
-    def _grad_buffer(self, xp, dx_planes):
-        """Where backward accumulates: dx itself, or a zeroed padded buffer."""
+    def _source(self, xp, planes, fill):
+        """The flattened stage-1 source: the input itself, or a copy of it in
+        a buffer padded with `fill` (fill happens once, at creation; only the
+        interior is rewritten)."""
         g = self.geometry
-        if not g.needs_buffer:
-            if not g.covers_exactly():
+        if g.direct:
+            return planes.reshape(-1)
+        nc = planes.shape[0]
+        size = nc * g.rows * g.row_length
+        flat = self.workspace.get("source", (size + g.slack,), planes.dtype, xp, fill=fill)
+        self._interior(flat, nc)[...] = planes[:, :g.extent[0], :g.extent[1]]
+        return flat
+
+    def _interior(self, flat, nc):
+        g = self.geometry
+        buf = flat[:nc * g.rows * g.row_length].reshape(nc, g.rows, g.row_length)
+        return buf[:, g.pad[0]:g.pad[0] + g.extent[0], g.pad[1]:g.pad[1] + g.extent[1]]
+
+    def _stage1_views(self, xp, flat, nc):
+        """One 1-D view per kernel column j: element t is source[s_w * t + j]."""
+        g = self.geometry
+        count = self._stage1_count(nc)
+        step = flat.strides[0] * g.stride[1]
+        return [xp.lib.stride_tricks.as_strided(flat[j:], (count,), (step,)) for j in range(g.kernel[1])]
+
+    def _stage2_views(self, xp, partial):
+        """One (NC, OH, OW) view of the stage-1 result per kernel row i."""
+        g = self.geometry
+        st = partial.strides
+        shape = (partial.shape[0],) + g.out_size
+        strides = (st[0], st[1] * g.stride[0], st[2])
+        return [xp.lib.stride_tricks.as_strided(partial[:, i:], shape, strides) for i in range(g.kernel[0])]
+
+    def _partial(self, xp, nc, dtype, name="partial"):
+        g = self.geometry
+        return self.workspace.get(name, (nc, g.rows, g.row_outputs), dtype, xp)
+
+    def _grad_source(self, xp, dx_planes):
+        """Where stage-1 gradients land, zeroed: dx itself when the input was
+        the source (and nothing needs zeroing if every element gets written)."""
+        g = self.geometry
+        if g.direct:
+            if not (g.exact_cover() and not g.overlaps(1)):
                 dx_planes.fill(0)
-            return dx_planes
-        buf = self.workspace.get("dxpad", (dx_planes.shape[0],) + g.span, dx_planes.dtype, xp)
-        buf.fill(0)
-        return buf
+            return dx_planes.reshape(-1)
+        nc = dx_planes.shape[0]
+        flat = self.workspace.get("grad_source", (nc * g.rows * g.row_length + g.slack,), dx_planes.dtype, xp)
+        flat.fill(0)
+        return flat
 
-    def _crop_grad(self, buf, dx_planes):
+    def _crop(self, flat, dx_planes):
         g = self.geometry
-        if buf is dx_planes:
+        if g.direct:
             return
-        eh, ew = g.copied_extent()
-        ph, pw = g.pad
-        if (eh, ew) != g.in_size:
+        if g.extent != g.in_size:
             dx_planes.fill(0)
-        dx_planes[:, :eh, :ew] = buf[:, ph:ph + eh, pw:pw + ew]
+        dx_planes[:, :g.extent[0], :g.extent[1]] = self._interior(flat, dx_planes.shape[0])
 
 
-class MaxPooling(_Pooling):
-    """Max pooling; forward remembers each window's winning offset."""
+class MaxPooling(_TwoStage):
+    """Max pooling; a tracked forward remembers where each maximum came from."""
 
     def __init__(self, geometry):
         super().__init__(geometry)
-        k = len(geometry.offsets)
-        self.index_dtype = numpy.uint8 if k < 256 else numpy.int32
-        self._index_valid = False
+        self._tracked = False
 
     def forward(self, x, y, track=True):
-        """y = max over each window; with `track`, remember the argmax for backward."""
+        """y = max over each window; with `track`, keep what backward needs."""
         xp = backend.get_array_module(x)
         g = self.geometry
-        planes = self._padded_input(xp, self._planes(x), -numpy.inf)
-        ymax = self._planes(y)
-        views = [_offset_view(xp, planes, g, offset) for offset in g.offsets]
-        xp.copyto(ymax, views[0])
-        self._index_valid = track
-        if not track:
-            for v in views[1:]:
-                xp.maximum(ymax, v, out=ymax)
-            return
-        index = self.workspace.get("index", ymax.shape, self.index_dtype, xp)
-        greater = self.workspace.get("greater", ymax.shape, numpy.bool_, xp)
-        scratch = self.workspace.get("scratch", ymax.shape, self.index_dtype, xp)
-        # A window's last strictly-greater offset is its first maximum, and the
-        # offsets only grow, so the index is the max over q of q * [greater].
-        flags = greater.view(numpy.uint8) if self.index_dtype == numpy.uint8 else greater
-        index.fill(0)
-        for q in range(1, len(views)):
-            xp.greater(views[q], ymax, out=greater)
-            xp.multiply(flags, q, out=scratch)
-            xp.maximum(index, scratch, out=index)
-            xp.maximum(ymax, views[q], out=ymax)
+        planes = self._planes(x)
+        nc = planes.shape[0]
+        views = self._stage1_views(xp, self._source(xp, planes, -numpy.inf), nc)
+        partial = self._partial(xp, nc, x.dtype)
+        wins1 = self.workspace.get("wins1", (g.kernel[1] - 1, self._stage1_count(nc)), numpy.bool_, xp)
+        self._chain_max(xp, views, partial.reshape(-1), wins1, track)
+        out = self._planes(y)
+        wins2 = self.workspace.get("wins2", (g.kernel[0] - 1,) + out.shape, numpy.bool_, xp)
+        self._chain_max(xp, self._stage2_views(xp, partial), out, wins2, track)
+        self._tracked = track
 
-    def mask(self, out):
-        """Caffe's mask top: the argmax as an index h * W + w into the unpadded plane."""
-        xp = backend.get_array_module(out)
-        g = self.geometry
-        oh, ow = g.out_size
-        index = self.workspace.get("index", (out.size // (oh * ow), oh, ow), self.index_dtype, xp)
-        rows = (xp.arange(oh) * g.stride[0] - g.pad[0]).reshape(1, oh, 1)
-        cols = (xp.arange(ow) * g.stride[1] - g.pad[1]).reshape(1, 1, ow)
-        kw = g.kernel[1]
-        flat = (index // kw + rows) * g.in_size[1] + (index % kw + cols)
-        out.reshape(flat.shape)[...] = flat
+    @staticmethod
+    def _chain_max(xp, views, out, wins, track):
+        """out = max of views; wins[k-1] = views[k] beat everything before it."""
+        if len(views) == 1:
+            xp.copyto(out, views[0])
+            return
+        if track:
+            xp.greater(views[1], views[0], out=wins[0])
+        xp.maximum(views[0], views[1], out=out)
+        for k in range(2, len(views)):
+            if track:
+                xp.greater(views[k], out, out=wins[k - 1])
+            xp.maximum(out, views[k], out=out)
 
     def backward(self, dy, dx, x=None):
-        """dx = dy routed to each window's maximum. Needs forward(track=True)
-        first; when forward ran untracked, `x` is used to redo it."""
+        """dx = dy routed to each window's first maximum. After an untracked
+        forward, `x` is used to redo it with tracking."""
         xp = backend.get_array_module(dy)
         g = self.geometry
-        if not self._index_valid:
+        if not self._tracked:
             if x is None:
-                raise RuntimeError("max pooling backward needs the argmax of a tracked forward")
-            scratch_y = self.workspace.get("retrack", dy.shape, dy.dtype, xp)
-            self.forward(x, scratch_y, track=True)
-        dy_planes = self._planes(dy)
+                raise RuntimeError("max pooling backward needs a tracked forward first")
+            self.forward(x, self.workspace.get("retrack", dy.shape, dy.dtype, xp), track=True)
+        grad = self._planes(dy)
+        nc = grad.shape[0]
+        partial_grad = self._partial(xp, nc, dy.dtype, "partial_grad")
+        partial_grad.fill(0)
+        wins2 = self.workspace.get("wins2", (g.kernel[0] - 1,) + grad.shape, numpy.bool_, xp)
+        self._chain_backward(xp, grad, self._stage2_views(xp, partial_grad), wins2, g.overlaps(0), "s2")
         dx_planes = self._planes(dx)
-        buf = self._grad_buffer(xp, dx_planes)
-        index = self.workspace.get("index", dy_planes.shape, self.index_dtype, xp)
-        chosen = self.workspace.get("greater", dy_planes.shape, numpy.bool_, xp)
-        routed = None
-        if g.overlapping:
-            routed = self.workspace.get("routed", dy_planes.shape, dy.dtype, xp)
-        for q, offset in enumerate(g.offsets):
-            xp.equal(index, q, out=chosen)
-            view = _offset_view(xp, buf, g, offset)
-            if routed is None:     # windows do not overlap: each element written once
-                xp.multiply(dy_planes, chosen, out=view)
+        flat = self._grad_source(xp, dx_planes)
+        wins1 = self.workspace.get("wins1", (g.kernel[1] - 1, self._stage1_count(nc)), numpy.bool_, xp)
+        self._chain_backward(xp, partial_grad.reshape(-1), self._stage1_views(xp, flat, nc), wins1,
+                             g.overlaps(1), "s1")
+        self._crop(flat, dx_planes)
+
+    def _chain_backward(self, xp, grad, views, wins, overlapping, tag):
+        """Undo _chain_max: views[k] (+)= the part of grad views[k] won."""
+        if len(views) == 1:
+            if overlapping:
+                views[0][...] += grad
             else:
-                xp.multiply(dy_planes, chosen, out=routed)
-                view += routed
-        self._crop_grad(buf, dx_planes)
+                xp.copyto(views[0], grad)
+            return
+        rest = self.workspace.get(tag + "_rest", grad.shape, grad.dtype, xp)
+        taken = self.workspace.get(tag + "_taken", grad.shape, grad.dtype, xp)
+        remaining = grad
+        for k in range(len(views) - 1, 0, -1):
+            if overlapping:
+                xp.multiply(remaining, wins[k - 1], out=taken)
+                views[k] += taken
+            else:
+                xp.multiply(remaining, wins[k - 1], out=views[k])
+                taken = views[k]
+            xp.subtract(remaining, taken, out=rest)
+            remaining = rest
+        if overlapping:
+            views[0] += remaining
+        else:
+            xp.copyto(views[0], remaining)
+
+    def mask(self, out):
+        """Caffe's mask top: each window's argmax as h * W + w in the unpadded
+        plane. Needs a tracked forward."""
+        xp = backend.get_array_module(out)
+        g = self.geometry
+        (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.pad
+        oh, ow = g.out_size
+        nc = out.size // (oh * ow)
+        # Winning row per window, then the winning column within that row.
+        wins2 = self.workspace.get("wins2", (kh - 1, nc, oh, ow), numpy.bool_, xp)
+        row = self._last_true(xp, wins2, (nc, oh, ow))
+        wins1 = self.workspace.get("wins1", (kw - 1, self._stage1_count(nc)), numpy.bool_, xp)
+        col = self._last_true(xp, wins1, (nc, g.rows, g.row_outputs))[:, :, :ow]
+        rows = row + (xp.arange(oh) * sh).reshape(1, oh, 1)
+        col = xp.take_along_axis(col, rows, axis=1)
+        h = rows - ph
+        w = col + (xp.arange(ow) * sw - pw).reshape(1, 1, ow)
+        out.reshape(nc, oh, ow)[...] = h * g.in_size[1] + w
+
+    @staticmethod
+    def _last_true(xp, wins, shape):
+        """Per element, the last k whose wins[k-1] is set (0 if none): the winner."""
+        winner = xp.zeros(shape, numpy.int64)
+        for k in range(1, wins.shape[0] + 1):
+            winner = xp.maximum(winner, wins[k - 1].reshape(shape) * k)
+        return winner
 
 
 class GlobalMaxPooling:
@@ -215,12 +291,11 @@ def _average_weights(size, kernel, stride, pad, out):
     for o in range(out):
         start = o * stride - pad
         end = min(start + kernel, size + pad)
-        extent = end - start
-        weights[o, max(start, 0):min(end, size)] = 1.0 / extent
+        weights[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
     return weights
 
 
-class AveragePooling(_Pooling):
+class AveragePooling(_TwoStage):
     """Average pooling with Caffe's divisor (padding counts, the overhang past it does not)."""
 
     def __init__(self, geometry):
@@ -229,24 +304,27 @@ class AveragePooling(_Pooling):
         self.rows = _average_weights(g.in_size[0], g.kernel[0], g.stride[0], g.pad[0], g.out_size[0])
         self.cols = _average_weights(g.in_size[1], g.kernel[1], g.stride[1], g.pad[1], g.out_size[1])
         entries = math.prod(g.in_size) * math.prod(g.out_size)
-        separable_adds = g.kernel[1] * g.span[0] * g.out_size[1] + g.kernel[0] * math.prod(g.out_size)
+        separable_adds = g.kernel[1] * g.rows * g.row_outputs + g.kernel[0] * math.prod(g.out_size)
         self.use_gemm = entries <= GEMM_MAX_ENTRIES and entries <= GEMM_FACTOR * separable_adds
-        self._matrix = None
+        self._cache = {}
+
+    def _constant(self, name, xp, dtype, make):
+        key = (name, numpy.dtype(dtype), xp)
+        if key not in self._cache:
+            self._cache[key] = backend.to_device(make().astype(dtype), xp)
+        return self._cache[key]
 
     def _operator(self, xp, dtype):
-        """The (H*W, OH*OW) matrix y_plane = x_plane @ M, made once per dtype/module."""
-        m = self._matrix
-        if m is None or m.dtype != dtype or backend.get_array_module(m) is not xp:
-            dense = numpy.einsum("ah,bw->hwab", self.rows, self.cols).reshape(
-                math.prod(self.geometry.in_size), math.prod(self.geometry.out_size))
-            m = self._matrix = backend.to_device(dense.astype(dtype), xp)
-        return m
+        """The (H*W, OH*OW) matrix with y_plane = x_plane @ M."""
+        g = self.geometry
+        return self._constant("operator", xp, dtype, lambda: numpy.einsum(
+            "ah,bw->hwab", self.rows, self.cols).reshape(math.prod(g.in_size), math.prod(g.out_size)))
 
     def _inverse_pool_size(self, xp, dtype):
-        # Each output's divisor is the product of its row and column extents,
-        # which is the reciprocal of the largest weight on each axis.
-        inv = numpy.outer(self.rows.max(axis=1), self.cols.max(axis=1))
-        return backend.to_device(inv.astype(dtype), xp)
+        # A window's weight on either axis is 1/extent, so the largest weight
+        # in each row of the per-axis matrices gives the divisor's factors.
+        return self._constant("inverse", xp, dtype, lambda: numpy.outer(self.rows.max(axis=1),
+                                                                        self.cols.max(axis=1)))
 
     def forward(self, x, y, track=True):
         xp = backend.get_array_module(x)
@@ -254,7 +332,19 @@ class AveragePooling(_Pooling):
         if self.use_gemm:
             xp.matmul(x.reshape(n * c, -1), self._operator(xp, x.dtype), out=y.reshape(n * c, -1))
             return
-        self._separable_forward(xp, x, y)
+        planes = self._planes(x)
+        nc = planes.shape[0]
+        partial = self._partial(xp, nc, x.dtype)
+        self._sum(xp, self._stage1_views(xp, self._source(xp, planes, 0), nc), partial.reshape(-1))
+        out = self._planes(y)
+        self._sum(xp, self._stage2_views(xp, partial), out)
+        out *= self._inverse_pool_size(xp, x.dtype)
+
+    @staticmethod
+    def _sum(xp, views, out):
+        xp.copyto(out, views[0])
+        for v in views[1:]:
+            out += v
 
     def backward(self, dy, dx, x=None):
         xp = backend.get_array_module(dy)
@@ -262,46 +352,18 @@ class AveragePooling(_Pooling):
         if self.use_gemm:
             xp.matmul(dy.reshape(n * c, -1), self._operator(xp, dy.dtype).T, out=dx.reshape(n * c, -1))
             return
-        self._separable_backward(xp, dy, dx)
-
-    # Separable sums for big planes: columns first into (NC, span_h, OW), then rows.
-    def _column_view(self, xp, planes, j):
         g = self.geometry
-        st = planes.strides
-        shape = (planes.shape[0], g.span[0], g.out_size[1])
-        return xp.lib.stride_tricks.as_strided(planes[:, :, j:], shape, (st[0], st[1], st[2] * g.stride[1]))
-
-    def _row_view(self, xp, partial, i):
-        g = self.geometry
-        st = partial.strides
-        shape = (partial.shape[0],) + g.out_size
-        return xp.lib.stride_tricks.as_strided(partial[:, i:], shape, (st[0], st[1] * g.stride[0], st[2]))
-
-    def _separable_forward(self, xp, x, y):
-        g = self.geometry
-        planes = self._padded_input(xp, self._planes(x), 0)
-        partial = self.workspace.get("partial", (planes.shape[0], g.span[0], g.out_size[1]), x.dtype, xp)
-        xp.copyto(partial, self._column_view(xp, planes, 0))
-        for j in range(1, g.kernel[1]):
-            partial += self._column_view(xp, planes, j)
-        out = self._planes(y)
-        xp.copyto(out, self._row_view(xp, partial, 0))
-        for i in range(1, g.kernel[0]):
-            out += self._row_view(xp, partial, i)
-        out *= self._inverse_pool_size(xp, x.dtype)
-
-    def _separable_backward(self, xp, dy, dx):
-        g = self.geometry
-        scaled = self.workspace.get("scaled", self._planes(dy).shape, dy.dtype, xp)
-        xp.multiply(self._planes(dy), self._inverse_pool_size(xp, dy.dtype), out=scaled)
-        partial = self.workspace.get("partial", (scaled.shape[0], g.span[0], g.out_size[1]), dy.dtype, xp)
-        partial.fill(0)
-        for i in range(g.kernel[0]):
-            self._row_view(xp, partial, i)[...] += scaled
+        grad = self.workspace.get("scaled", self._planes(dy).shape, dy.dtype, xp)
+        xp.multiply(self._planes(dy), self._inverse_pool_size(xp, dy.dtype), out=grad)
+        nc = grad.shape[0]
+        partial_grad = self._partial(xp, nc, dy.dtype, "partial_grad")
+        partial_grad.fill(0)
+        for view in self._stage2_views(xp, partial_grad):
+            view += grad
         dx_planes = self._planes(dx)
-        buf = self._grad_buffer(xp, dx_planes)
-        if buf is dx_planes and g.covers_exactly():
-            buf.fill(0)
-        for j in range(g.kernel[1]):
-            self._column_view(xp, buf, j)[...] += partial
-        self._crop_grad(buf, dx_planes)
+        flat = self._grad_source(xp, dx_planes)
+        if g.direct and g.exact_cover():
+            flat.fill(0)       # sums below add, they never assign
+        for view in self._stage1_views(xp, flat, nc):
+            view += partial_grad.reshape(-1)
+        self._crop(flat, dx_planes)

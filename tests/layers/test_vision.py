@@ -124,8 +124,16 @@ CONV_CASES = [
 ]
 
 
+@pytest.fixture(params=["batch-last", "batch-middle"])
+def conv_layout(request, monkeypatch):
+    """Run a test under each column layout (the cost model picks one per shape)."""
+    from pycaffe_dist.ops import conv
+    monkeypatch.setattr(conv, "prefer_batch_last", lambda *args, **kwargs: request.param == "batch-last")
+    return request.param
+
+
 @pytest.mark.parametrize("shape, fields, stride, pad, dilation, group", CONV_CASES)
-def test_convolution_forward_matches_naive_loops(shape, fields, stride, pad, dilation, group):
+def test_convolution_forward_matches_naive_loops(shape, fields, stride, pad, dilation, group, conv_layout):
     rng = numpy.random.default_rng(0)
     layer = make_layer('name: "c" type: "Convolution" convolution_param { %s '
                        'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }' % fields)
@@ -151,7 +159,7 @@ def test_convolution_float32_and_weight_shapes():
     numpy.testing.assert_allclose(top.data, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_convolution_two_bottoms_share_weights_and_chunking_agrees(monkeypatch):
+def test_convolution_two_bottoms_share_weights_and_chunking_agrees(monkeypatch, conv_layout):
     from pycaffe_dist.ops import conv
     rng = numpy.random.default_rng(2)
     text = ('name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 '
@@ -175,7 +183,7 @@ def test_convolution_two_bottoms_share_weights_and_chunking_agrees(monkeypatch):
     ("num_output: 2 kernel_h: 2 kernel_w: 3 dilation: 2 pad_w: 1", (2, 3, 6, 5)),
     ("num_output: 2 kernel_size: 2 pad: 1", (1, 2, 3, 4, 3)),
 ])
-def test_convolution_gradients(fields, shape, monkeypatch):
+def test_convolution_gradients(fields, shape, conv_layout):
     rng = numpy.random.default_rng(3)
     layer = make_layer('name: "c" type: "Convolution" convolution_param { %s '
                        'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }' % fields)
@@ -194,7 +202,7 @@ def test_convolution_gradients(fields, shape, monkeypatch):
     numpy.testing.assert_allclose(bottom[0].diff, once[-1])
 
 
-def test_convolution_skips_what_is_not_asked():
+def test_convolution_skips_what_is_not_asked(conv_layout):
     rng = numpy.random.default_rng(4)
     layer = make_layer('name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 '
                        'weight_filler { type: "gaussian" } }')
@@ -235,6 +243,9 @@ POOL_CASES = [
     ((2, 1, 7, 5), "kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 3 pad_h: 1 pad_w: 1", (3, 2), (1, 3), (1, 1)),
     ((1, 2, 8, 8), "kernel_size: 2 stride: 3", (2, 2), (3, 3), (0, 0)),      # gaps between windows
     ((1, 1, 3, 3), "kernel_size: 3 stride: 1 pad: 2", (3, 3), (1, 1), (2, 2)),
+    ((2, 2, 3, 4), "kernel_size: 1 stride: 1", (1, 1), (1, 1), (0, 0)),
+    ((1, 2, 6, 9), "kernel_h: 1 kernel_w: 2 stride_h: 2 stride_w: 3 round_mode: FLOOR", (1, 2), (2, 3), (0, 0)),
+    ((1, 2, 7, 7), "kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR", (3, 3), (2, 2), (1, 1)),
 ]
 
 
@@ -246,7 +257,7 @@ def test_pooling_forward_matches_caffe_loops(method, shape, fields, kernel, stri
     tops = 2 if method == "MAX" else 1
     layer = make_layer('name: "p" type: "Pooling" pooling_param { pool: %s %s }' % (method, fields))
     _, top = run(layer, x, tops=tops)
-    y, mask = naive_pool(x, method, kernel, stride, pad)
+    y, mask = naive_pool(x, method, kernel, stride, pad, ceil="FLOOR" not in fields)
     assert top[0].shape == y.shape
     numpy.testing.assert_allclose(top[0].data, y, rtol=1e-12, atol=1e-12)
     if method == "MAX":
