@@ -15,6 +15,7 @@ the call:
 Processes use the "spawn" start method: a fresh interpreter, no inherited
 threads or locks, BLAS threads chosen before numpy loads, and CUDA safe.
 """
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -108,7 +109,8 @@ def run_workers(target, size, payload=None, processes=True, group=None, blas_thr
     """
     if processes:
         return _run_processes(target, size, payload, group, blas_threads, poll, poll_interval)
-    return _run_threads(target, size, payload, group, poll, poll_interval)
+    with _blas_limit(blas_threads or 1):
+        return _run_threads(target, size, payload, group, poll, poll_interval)
 
 
 # -- processes ------------------------------------------------------------------------
@@ -252,6 +254,25 @@ def _stop_processes(procs):
 
 
 # -- threads ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _blas_limit(threads):
+    """BLAS threads for the whole process while worker threads run.
+
+    Worker threads are the parallelism; a multi-threaded BLAS under each of
+    them oversubscribes the cores, and OpenBLAS's spinning threads then
+    make every call many times slower (measured: 40x on 2 busy cores).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        log.warning("threadpoolctl is not installed: BLAS keeps its own threads under %d worker "
+                    "threads (pip install threadpoolctl, or set OPENBLAS_NUM_THREADS=1)", threads)
+        yield
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
+
+
 def _run_threads(target, size, payload, group, poll, poll_interval):
     requests = Requests()
     results, errors = {}, {}

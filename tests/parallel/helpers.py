@@ -2,6 +2,7 @@
 
 Hooks are module-level functions so worker processes can unpickle them.
 """
+import functools
 import os
 import signal
 
@@ -10,7 +11,6 @@ import numpy
 from pycaffe_dist.data import db
 from pycaffe_dist.data.datum import array_to_datum
 from pycaffe_dist.layers import dataset  # noqa: F401  (registers the Data layer)
-from pycaffe_dist.parallel import launcher
 from pycaffe_dist.solvers.base import Callback
 
 CLASSES = 4
@@ -19,8 +19,8 @@ SIDE = 4          # records are 1 x SIDE x SIDE uint8 images
 
 def write_dataset(path, count, seed=0):
     """An LMDB of `count` records in CLASSES well separated clusters; returns the path."""
-    rng = numpy.random.default_rng(seed)
-    centres = rng.integers(40, 216, (CLASSES, 1, SIDE, SIDE))
+    centres = numpy.random.default_rng(0).integers(40, 216, (CLASSES, 1, SIDE, SIDE))
+    rng = numpy.random.default_rng(seed)     # the same classes, different samples
     with db.Writer(path) as writer:
         for i in range(count):
             label = int(rng.integers(CLASSES))
@@ -31,43 +31,43 @@ def write_dataset(path, count, seed=0):
 
 def mlp_net(train_source, batch, test_source=None, test_batch=50, hidden=16):
     """Data -> InnerProduct -> ReLU -> InnerProduct -> SoftmaxWithLoss (+ Accuracy in TEST)."""
-    test = ""
+    test_data = accuracy = ""
     if test_source:
-        test = '''
+        test_data = '''
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
   transform_param { scale: 0.00390625 }
-  data_param { source: "%s" batch_size: %d backend: LMDB } }
-layer { name: "acc" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy" include { phase: TEST } }
-''' % (test_source, test_batch)
+  data_param { source: "%s" batch_size: %d backend: LMDB } }''' % (test_source, test_batch)
+        accuracy = '''
+layer { name: "acc" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy" include { phase: TEST } }'''
     return '''name: "mlp"
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
   transform_param { scale: 0.00390625 }
-  data_param { source: "%s" batch_size: %d backend: LMDB } }
+  data_param { source: "%s" batch_size: %d backend: LMDB } }%s
 layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
   param { lr_mult: 1 } param { lr_mult: 2 }
   inner_product_param { num_output: %d weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } } }
 layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
 layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
   inner_product_param { num_output: %d weight_filler { type: "xavier" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
-%s''' % (train_source, batch, hidden, CLASSES, test)
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }%s
+''' % (train_source, batch, test_data, hidden, CLASSES, accuracy)
 
 
-def solver_text(net_path, max_iter, extra=""):
+def solver_text(net_path, max_iter, extra="", base_lr=0.1, weight_decay=0.0005):
     return '''net: "%s"
-base_lr: 0.1 momentum: 0.9 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.01 power: 0.75
+base_lr: %g momentum: 0.9 weight_decay: %g lr_policy: "inv" gamma: 0.01 power: 0.75
 display: 0 max_iter: %d snapshot_after_train: false random_seed: 7
-%s''' % (net_path, max_iter, extra)
+%s''' % (net_path, base_lr, weight_decay, max_iter, extra)
 
 
-def write_solver(folder, name, batch, max_iter, data, extra="", test_data=None):
+def write_solver(folder, name, batch, max_iter, data, extra="", test_data=None, **rates):
     """net and solver prototxt files in `folder`; returns the solver's path."""
     net = os.path.join(folder, name + "_net.prototxt")
     with open(net, "w") as f:
         f.write(mlp_net(data, batch, test_data))
     path = os.path.join(folder, name + "_solver.prototxt")
     with open(path, "w") as f:
-        f.write(solver_text(net, max_iter, extra))
+        f.write(solver_text(net, max_iter, extra, **rates))
     return path
 
 
@@ -110,6 +110,20 @@ def count_snapshots(folder, worker):
     solver.snapshot = snapshot
 
 
+def probe_sharing(folder, worker):
+    """setup hook: rank 0 writes a marker into its weights; the others report whether they see it."""
+    import time
+    weights = worker.solver.net.flat_data
+    if worker.rank == 0:
+        weights[-1] = 12345.0
+        return
+    deadline = time.monotonic() + 10
+    while weights[-1] != 12345.0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(os.path.join(folder, "seen%d" % worker.rank), "w") as f:
+        f.write("yes" if weights[-1] == 12345.0 else "no")
+
+
 def processes_alive(pids):
     alive = []
     for pid in pids:
@@ -136,4 +150,61 @@ def kill(pid):
     os.kill(pid, signal.SIGKILL)
 
 
-STOP = launcher.STOP
+# -- Fashion-MNIST through MemoryData ------------------------------------------------------
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def fashion_available():
+    return os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz"))
+
+
+@functools.lru_cache(maxsize=None)
+def fashion(split):
+    """(images N x 1 x 28 x 28 uint8, labels N) of "train" or "t10k"."""
+    from pycaffe_dist.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+    images = read_idx(os.path.join(FASHION, split + "-images-idx3-ubyte.gz"), IMAGES_MAGIC)
+    labels = read_idx(os.path.join(FASHION, split + "-labels-idx1-ubyte.gz"), LABELS_MAGIC)
+    return images[:, None], labels
+
+
+FASHION_MLP = '''name: "fashion_mlp"
+layer { name: "data" type: "MemoryData" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { scale: 0.00390625 }
+  memory_data_param { batch_size: %(batch)d channels: 1 height: 28 width: 28 } }
+layer { name: "data" type: "MemoryData" top: "data" top: "label" include { phase: TEST }
+  transform_param { scale: 0.00390625 }
+  memory_data_param { batch_size: 100 channels: 1 height: 28 width: 28 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  inner_product_param { num_output: 100 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy" include { phase: TEST } }
+'''
+
+
+def write_fashion_solver(folder, batch, max_iter, test_images=10000):
+    net = os.path.join(folder, "fashion_net.prototxt")
+    with open(net, "w") as f:
+        f.write(FASHION_MLP % {"batch": batch})
+    path = os.path.join(folder, "fashion_solver.prototxt")
+    with open(path, "w") as f:
+        f.write('''net: "%s" test_iter: %d test_interval: %d test_initialization: false
+base_lr: 0.02 momentum: 0.9 weight_decay: 0.0005 lr_policy: "poly" power: 1
+display: 0 max_iter: %d snapshot_after_train: false random_seed: 3
+''' % (net, test_images // 100, max_iter, max_iter))
+    return path
+
+
+def feed_fashion(worker):
+    """setup hook: worker r trains on Fashion-MNIST records r, r+N, ...; the root tests on t10k."""
+    images, labels = fashion("train")
+    net = worker.solver.net
+    batch = net.layers[0].batch_size
+    mine = slice(worker.rank, None, worker.size)
+    n = len(images[mine]) // batch * batch
+    net.layers[0].set_input_arrays(images[mine][:n], labels[mine][:n])
+    for test_net in worker.solver.test_nets:
+        images, labels = fashion("t10k")
+        test_net.layers[0].set_input_arrays(images, labels)
