@@ -1,20 +1,24 @@
 """2-D max and average pooling over (N, C, H, W) arrays, Caffe's arithmetic.
 
-numpy pays per inner loop: an op over (NC, OH, OW) windows runs NC*OH loops
-of only OW values, and that overhead, not the arithmetic, dominated the first
-pooling code. So windows are reduced in two stages:
+numpy pays per inner loop, and a strided loop cannot use SIMD: an op over
+(NC, OH, OW) windows runs NC*OH loops of only OW values, and a stride-2 view
+runs several times slower than a contiguous one. The first pooling code spent
+its time there, not in arithmetic. So the input is first split into stride
+phases, and windows are then reduced in two stages of contiguous slices:
 
-  stage 1 (along rows): h[t] = reduce over j < kw of src[s_w * t + j], where t
-      runs over the whole padded input flattened, each row padded to a
-      multiple of s_w. That is one strided 1-D loop per offset. The few
-      outputs per row that straddle two rows are garbage and never read.
-  stage 2 (down columns): y[oh, ow] = reduce over i < kh of h[s_h * oh + i, ow],
-      (NC, OH, OW) views, kh - 1 ops.
+  phases: padded row q*s_h + p lives in row phase p at position q, and column
+      m*s_w + r in column phase r at m. Buffer: (s_w, planes, s_h, Hq, Q), one
+      strided copy of the input (and one back for the gradient).
+  stage 1 (along rows): h = reduce over j < kw of column phase j % s_w shifted
+      by j // s_w: kw - 1 ops on whole flat arrays. Outputs that straddle two
+      rows (Q - OW per row) are garbage and never read.
+  stage 2 (down columns): y = reduce over i < kh of h's row phase i % s_h
+      shifted by i // s_h rows: kh - 1 ops on (planes, OH*Q) slices.
 
 Max pooling keeps, per stage and offset, where a strictly greater value took
 over. Reducing rows first and letting only strictly greater values win picks
-the first maximum in row-major order, as Caffe's loop does, and the backward
-pass routes the gradient back through the two chains with a multiply and a
+the first maximum in row-major order, as Caffe's loop does; the backward pass
+routes the gradient back through the two chains with a multiply and a
 subtract per offset.
 
 Average pooling is linear: for small planes it is one GEMM with a (H*W, OH*OW)
@@ -34,6 +38,9 @@ from .workspace import Workspace
 GEMM_MAX_ENTRIES = 1 << 20
 GEMM_FACTOR = 32
 
+# Input bytes per block of planes on the CPU (see _TwoStage).
+PLANE_BLOCK_BYTES = 1 << 18
+
 
 def pooled_size(size, kernel, stride, pad, ceil_mode=True):
     """Caffe's pooling output size: rounded up (or down with round_mode FLOOR),
@@ -45,39 +52,65 @@ def pooled_size(size, kernel, stride, pad, ceil_mode=True):
     return out
 
 
+def _phase_ranges(size, kernel, stride, pad, out):
+    """For one axis: phase length, and per phase p the (p, q0, q1, input
+    slice) whose positions q0..q1 hold input elements; padded index
+    q * stride + p is input index q * stride + p - pad."""
+    length = out + (kernel - 1) // stride
+    ranges = []
+    for p in range(stride):
+        q0 = max(0, -(-(pad - p) // stride))
+        q1 = min(length, -(-(size + pad - p) // stride))
+        if q1 > q0:
+            start = q0 * stride + p - pad
+            ranges.append((p, q0, q1, slice(start, start + (q1 - q0 - 1) * stride + 1, stride)))
+    return length, ranges
+
+
 class PoolGeometry:
-    """Kernel, stride and pad as (h, w) pairs, with the input and output sizes,
-    and the layout of the two-stage computation."""
+    """Kernel, stride and pad as (h, w) pairs, the input and output sizes, and
+    the phase layout of the two-stage computation."""
 
     def __init__(self, kernel, stride, pad, in_size, out_size):
         self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        (h, w), (oh, ow) = self.in_size, self.out_size
-        span_h = (oh - 1) * sh + kh                 # padded rows the windows touch
-        span_w = (ow - 1) * sw + kw
-        self.row_outputs = -(-span_w // sw)          # stage-1 outputs per row, >= OW
-        row = self.row_outputs * sw
-        # The input itself is the stage-1 source when no padding is needed,
-        # its rows are already a multiple of the stride and no window reads
-        # past the array's end.
-        self.direct = (ph == 0 and pw == 0 and span_h <= h and w == row and kw <= sw)
-        self.rows = h if self.direct else span_h     # rows of the stage-1 source
-        self.row_length = row
-        self.slack = max(0, kw - sw)                 # garbage outputs read past the end
-        # Input rows/columns the windows reach; the rest is never read.
-        self.extent = (min(h, span_h - ph), min(w, row - pw))
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        self.phase_rows, self.row_ranges = _phase_ranges(in_size[0], kh, sh, pad[0], out_size[0])
+        self.phase_cols, self.col_ranges = _phase_ranges(in_size[1], kw, sw, pad[1], out_size[1])
+        # Elements a shifted column phase reads past its end (garbage outputs only).
+        self.slack = (kw - 1) // sw
+        covered = [sum(q1 - q0 for _, q0, q1, _ in r) for r in (self.row_ranges, self.col_ranges)]
+        self.covers_input = tuple(covered) == self.in_size
+        # Direct: the input itself serves as the column phases (1-D views with
+        # stride s_w) and rows stay in their natural order: no copy in or out.
+        # Possible without padding, when rows are whole multiples of the stride
+        # and windows do not overlap along a row. Splitting the phases costs
+        # more strided row loops than it saves there (LeNet's 2x2 pooling).
+        self.direct = (pad == (0, 0) and kw <= sw and in_size[1] == sw * self.phase_cols
+                       and (out_size[0] - 1) * sh + kh <= in_size[0])
+        self.row_phases = 1 if self.direct else sh
+        if self.direct:
+            self.phase_rows = in_size[0]
+        self.plane_size = self.row_phases * self.phase_rows * self.phase_cols   # one plane of h
 
     def overlaps(self, axis):
         return self.stride[axis] < self.kernel[axis]
 
-    def exact_cover(self):
-        """Every input element lies in exactly one window."""
-        return self.direct and self.kernel == self.stride and self.out_size[0] * self.stride[0] == self.in_size[0]
+    def partial_row(self, oh, i):
+        """Row of the stage-1 result that kernel row i of output row oh reads."""
+        sh = self.stride[0]
+        if self.direct:
+            return oh * sh + i
+        return (i % sh) * self.phase_rows + oh + i // sh
 
 
 class _TwoStage:
-    """Buffers and strided views shared by max and average pooling."""
+    """Phase buffers and slices shared by max and average pooling.
+
+    The planes go in blocks of PLANE_BLOCK_BYTES of input, so a block's
+    buffers stay in cache through the dozen ops that touch them (on a GPU one
+    block holds everything).
+    """
 
     def __init__(self, geometry):
         self.geometry = geometry
@@ -88,66 +121,100 @@ class _TwoStage:
         n, c, h, w = x.shape
         return x.reshape(n * c, h, w)
 
-    def _stage1_count(self, nc):
-        return nc * self.geometry.rows * self.geometry.row_outputs
+    def _blocks(self, xp, nc, itemsize):
+        g = self.geometry
+        if xp is not numpy:
+            return [(0, nc)], nc
+        size = max(1, PLANE_BLOCK_BYTES // (g.plane_size * g.stride[1] * itemsize))
+        return [(p0, min(nc, p0 + size)) for p0 in range(0, nc, size)], min(nc, size)
 
-    def _source(self, xp, planes, fill):
-        """The flattened stage-1 source: the input itself, or a copy of it in
-        a buffer padded with `fill` (fill happens once, at creation; only the
-        interior is rewritten)."""
+    def _phase_buffer(self, xp, name, block, dtype, fill=None):
+        """(s_w, block * plane_size + slack): one flat row per column phase."""
+        g = self.geometry
+        return self.workspace.get(name, (g.stride[1], block * g.plane_size + g.slack), dtype, xp, fill=fill)
+
+    def _phase_view(self, buf, nb, column_phase):
+        g = self.geometry
+        return buf[column_phase, :nb * g.plane_size].reshape(nb, g.stride[0], g.phase_rows, g.phase_cols)
+
+    def _split(self, xp, planes, block, fill):
+        """Copy a block of input planes into its phase buffer, padded with
+        `fill` (filled once, at creation; only the input positions are
+        rewritten). Direct geometries use the planes themselves."""
         g = self.geometry
         if g.direct:
             return planes.reshape(-1)
-        nc = planes.shape[0]
-        size = nc * g.rows * g.row_length
-        flat = self.workspace.get("source", (size + g.slack,), planes.dtype, xp, fill=fill)
-        self._interior(flat, nc)[...] = planes[:, :g.extent[0], :g.extent[1]]
-        return flat
+        buf = self._phase_buffer(xp, "source", block, planes.dtype, fill)
+        nb = planes.shape[0]
+        for r, m0, m1, cols in g.col_ranges:
+            phase = self._phase_view(buf, nb, r)
+            for p, q0, q1, rows in g.row_ranges:
+                phase[:, p, q0:q1, m0:m1] = planes[:, rows, cols]
+        return buf
 
-    def _interior(self, flat, nc):
-        g = self.geometry
-        buf = flat[:nc * g.rows * g.row_length].reshape(nc, g.rows, g.row_length)
-        return buf[:, g.pad[0]:g.pad[0] + g.extent[0], g.pad[1]:g.pad[1] + g.extent[1]]
-
-    def _stage1_views(self, xp, flat, nc):
-        """One 1-D view per kernel column j: element t is source[s_w * t + j]."""
-        g = self.geometry
-        count = self._stage1_count(nc)
-        step = flat.strides[0] * g.stride[1]
-        return [xp.lib.stride_tricks.as_strided(flat[j:], (count,), (step,)) for j in range(g.kernel[1])]
-
-    def _stage2_views(self, xp, partial):
-        """One (NC, OH, OW) view of the stage-1 result per kernel row i."""
-        g = self.geometry
-        st = partial.strides
-        shape = (partial.shape[0],) + g.out_size
-        strides = (st[0], st[1] * g.stride[0], st[2])
-        return [xp.lib.stride_tricks.as_strided(partial[:, i:], shape, strides) for i in range(g.kernel[0])]
-
-    def _partial(self, xp, nc, dtype, name="partial"):
-        g = self.geometry
-        return self.workspace.get(name, (nc, g.rows, g.row_outputs), dtype, xp)
-
-    def _grad_source(self, xp, dx_planes):
-        """Where stage-1 gradients land, zeroed: dx itself when the input was
-        the source (and nothing needs zeroing if every element gets written)."""
-        g = self.geometry
-        if g.direct:
-            if not (g.exact_cover() and not g.overlaps(1)):
-                dx_planes.fill(0)
-            return dx_planes.reshape(-1)
-        nc = dx_planes.shape[0]
-        flat = self.workspace.get("grad_source", (nc * g.rows * g.row_length + g.slack,), dx_planes.dtype, xp)
-        flat.fill(0)
-        return flat
-
-    def _crop(self, flat, dx_planes):
+    def _merge(self, buf, dx_planes):
+        """The inverse of _split: gradients from the phase buffer into dx."""
         g = self.geometry
         if g.direct:
             return
-        if g.extent != g.in_size:
+        nb = dx_planes.shape[0]
+        if not g.covers_input:
             dx_planes.fill(0)
-        dx_planes[:, :g.extent[0], :g.extent[1]] = self._interior(flat, dx_planes.shape[0])
+        for r, m0, m1, cols in g.col_ranges:
+            phase = self._phase_view(buf, nb, r)
+            for p, q0, q1, rows in g.row_ranges:
+                dx_planes[:, rows, cols] = phase[:, p, q0:q1, m0:m1]
+
+    def _stage1_views(self, buf, nb):
+        """Per kernel column j: column phase j % s_w, shifted by j // s_w."""
+        g = self.geometry
+        if g.direct:
+            return [buf[j::g.stride[1]] for j in range(g.kernel[1])]
+        count = nb * g.plane_size
+        return [buf[j % g.stride[1], j // g.stride[1]:j // g.stride[1] + count] for j in range(g.kernel[1])]
+
+    def _stage2_views(self, partial):
+        """Per kernel row i: row phase i % s_h of h, shifted by i // s_h rows."""
+        g = self.geometry
+        (oh, sh) = g.out_size[0], g.stride[0]
+        if g.direct:
+            return [partial[:, 0, i:i + (oh - 1) * sh + 1:sh] for i in range(g.kernel[0])]
+        return [partial[:, i % g.stride[0], i // g.stride[0]:i // g.stride[0] + oh] for i in range(g.kernel[0])]
+
+    def _partial(self, xp, nb, dtype, name="partial"):
+        g = self.geometry
+        return self.workspace.prefix(name, (nb, g.row_phases, g.phase_rows, g.phase_cols), dtype, xp)
+
+    def _grad_buffer(self, xp, dx_planes, block, add):
+        """Where stage-1 gradients go, zeroed when some element is not
+        assigned (`add`: the chains add rather than assign). Direct
+        geometries write dx itself."""
+        g = self.geometry
+        whole = not add and g.stride[1] == g.kernel[1]
+        if g.direct:
+            if not whole:
+                dx_planes.fill(0)
+            return dx_planes.reshape(-1)
+        buf = self._phase_buffer(xp, "grad_source", block, dx_planes.dtype)
+        if not whole:
+            buf.fill(0)
+        return buf
+
+    def _partial_grad(self, xp, nb, dtype, add):
+        """The zeroed (unless wholly assigned) gradient of the stage-1 result."""
+        g = self.geometry
+        partial = self._partial(xp, nb, dtype, "partial_grad")
+        whole = not add and g.stride[0] == g.kernel[0] and (
+            not g.direct or g.out_size[0] * g.stride[0] == g.in_size[0])
+        if not whole:
+            partial.fill(0)
+        return partial
+
+    def _wide(self, xp, block, nb, dtype, name):
+        """(nb, OH, Q): outputs with the garbage columns stage 1 leaves, kept
+        zero (set once, never written)."""
+        g = self.geometry
+        return self.workspace.get(name, (block, g.out_size[0], g.phase_cols), dtype, xp, fill=0)[:nb]
 
 
 class MaxPooling(_TwoStage):
@@ -157,19 +224,32 @@ class MaxPooling(_TwoStage):
         super().__init__(geometry)
         self._tracked = False
 
+    def _wins(self, xp, nc):
+        """Per stage and offset k >= 1: whether offset k beat all before it."""
+        g = self.geometry
+        (kh, kw), oh = g.kernel, g.out_size[0]
+        return (self.workspace.get("wins1", (kw - 1, nc, g.plane_size), numpy.bool_, xp),
+                self.workspace.get("wins2", (kh - 1, nc, oh, g.phase_cols), numpy.bool_, xp))
+
     def forward(self, x, y, track=True):
         """y = max over each window; with `track`, keep what backward needs."""
         xp = backend.get_array_module(x)
         g = self.geometry
-        planes = self._planes(x)
+        planes, out = self._planes(x), self._planes(y)
         nc = planes.shape[0]
-        views = self._stage1_views(xp, self._source(xp, planes, -numpy.inf), nc)
-        partial = self._partial(xp, nc, x.dtype)
-        wins1 = self.workspace.get("wins1", (g.kernel[1] - 1, self._stage1_count(nc)), numpy.bool_, xp)
-        self._chain_max(xp, views, partial.reshape(-1), wins1, track)
-        out = self._planes(y)
-        wins2 = self.workspace.get("wins2", (g.kernel[0] - 1,) + out.shape, numpy.bool_, xp)
-        self._chain_max(xp, self._stage2_views(xp, partial), out, wins2, track)
+        wins1, wins2 = self._wins(xp, nc)
+        blocks, block = self._blocks(xp, nc, x.itemsize)
+        wide = g.phase_cols != g.out_size[1]
+        for p0, p1 in blocks:
+            nb = p1 - p0
+            buf = self._split(xp, planes[p0:p1], block, -numpy.inf)
+            partial = self._partial(xp, nb, x.dtype)
+            self._chain_max(xp, self._stage1_views(buf, nb), partial.reshape(-1),
+                            wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), track)
+            result = self._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
+            self._chain_max(xp, self._stage2_views(partial), result, wins2[:, p0:p1], track)
+            if wide:
+                out[p0:p1] = result[:, :, :g.out_size[1]]
         self._tracked = track
 
     @staticmethod
@@ -195,18 +275,22 @@ class MaxPooling(_TwoStage):
             if x is None:
                 raise RuntimeError("max pooling backward needs a tracked forward first")
             self.forward(x, self.workspace.get("retrack", dy.shape, dy.dtype, xp), track=True)
-        grad = self._planes(dy)
+        grad, dx_planes = self._planes(dy), self._planes(dx)
         nc = grad.shape[0]
-        partial_grad = self._partial(xp, nc, dy.dtype, "partial_grad")
-        partial_grad.fill(0)
-        wins2 = self.workspace.get("wins2", (g.kernel[0] - 1,) + grad.shape, numpy.bool_, xp)
-        self._chain_backward(xp, grad, self._stage2_views(xp, partial_grad), wins2, g.overlaps(0), "s2")
-        dx_planes = self._planes(dx)
-        flat = self._grad_source(xp, dx_planes)
-        wins1 = self.workspace.get("wins1", (g.kernel[1] - 1, self._stage1_count(nc)), numpy.bool_, xp)
-        self._chain_backward(xp, partial_grad.reshape(-1), self._stage1_views(xp, flat, nc), wins1,
-                             g.overlaps(1), "s1")
-        self._crop(flat, dx_planes)
+        wins1, wins2 = self._wins(xp, nc)
+        blocks, block = self._blocks(xp, nc, dy.itemsize)
+        for p0, p1 in blocks:
+            nb = p1 - p0
+            top = grad[p0:p1]
+            if g.phase_cols != g.out_size[1]:
+                top = self._wide(xp, block, nb, dy.dtype, "grad")
+                top[:, :, :g.out_size[1]] = grad[p0:p1]
+            partial = self._partial_grad(xp, nb, dy.dtype, add=False)
+            self._chain_backward(xp, top, self._stage2_views(partial), wins2[:, p0:p1], g.overlaps(0), "s2")
+            buf = self._grad_buffer(xp, dx_planes[p0:p1], block, add=False)
+            self._chain_backward(xp, partial.reshape(-1), self._stage1_views(buf, nb),
+                                 wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), g.overlaps(1), "s1")
+            self._merge(buf, dx_planes[p0:p1])
 
     def _chain_backward(self, xp, grad, views, wins, overlapping, tag):
         """Undo _chain_max: views[k] (+)= the part of grad views[k] won."""
@@ -216,8 +300,8 @@ class MaxPooling(_TwoStage):
             else:
                 xp.copyto(views[0], grad)
             return
-        rest = self.workspace.get(tag + "_rest", grad.shape, grad.dtype, xp)
-        taken = self.workspace.get(tag + "_taken", grad.shape, grad.dtype, xp)
+        rest = self.workspace.prefix(tag + "_rest", grad.shape, grad.dtype, xp)
+        taken = self.workspace.prefix(tag + "_taken", grad.shape, grad.dtype, xp)
         remaining = grad
         for k in range(len(views) - 1, 0, -1):
             if overlapping:
@@ -226,30 +310,31 @@ class MaxPooling(_TwoStage):
             else:
                 xp.multiply(remaining, wins[k - 1], out=views[k])
                 taken = views[k]
-            xp.subtract(remaining, taken, out=rest)
+            # What views[k] did not take goes on down the chain; the last
+            # remainder belongs to views[0] (written there directly when no
+            # other window shares its elements).
+            last = k == 1 and not overlapping
+            xp.subtract(remaining, taken, out=views[0] if last else rest)
             remaining = rest
         if overlapping:
             views[0] += remaining
-        else:
-            xp.copyto(views[0], remaining)
 
     def mask(self, out):
         """Caffe's mask top: each window's argmax as h * W + w in the unpadded
         plane. Needs a tracked forward."""
         xp = backend.get_array_module(out)
         g = self.geometry
-        (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.pad
+        (sh, sw), (ph, pw) = g.stride, g.pad
         oh, ow = g.out_size
         nc = out.size // (oh * ow)
-        # Winning row per window, then the winning column within that row.
-        wins2 = self.workspace.get("wins2", (kh - 1, nc, oh, ow), numpy.bool_, xp)
-        row = self._last_true(xp, wins2, (nc, oh, ow))
-        wins1 = self.workspace.get("wins1", (kw - 1, self._stage1_count(nc)), numpy.bool_, xp)
-        col = self._last_true(xp, wins1, (nc, g.rows, g.row_outputs))[:, :, :ow]
-        rows = row + (xp.arange(oh) * sh).reshape(1, oh, 1)
-        col = xp.take_along_axis(col, rows, axis=1)
-        h = rows - ph
-        w = col + (xp.arange(ow) * sw - pw).reshape(1, 1, ow)
+        wins1, wins2 = self._wins(xp, nc)
+        # The winning kernel row per window, then the winning column in that row.
+        row = self._last_true(xp, wins2, (nc, oh, g.phase_cols))[:, :, :ow]
+        col = self._last_true(xp, wins1, (nc, g.row_phases * g.phase_rows, g.phase_cols))[:, :, :ow]
+        oh_index = xp.arange(oh).reshape(1, oh, 1)
+        col = xp.take_along_axis(col, g.partial_row(oh_index, row), axis=1)
+        h = oh_index * sh + row - ph
+        w = xp.arange(ow).reshape(1, 1, ow) * sw + col - pw
         out.reshape(nc, oh, ow)[...] = h * g.in_size[1] + w
 
     @staticmethod
@@ -304,7 +389,7 @@ class AveragePooling(_TwoStage):
         self.rows = _average_weights(g.in_size[0], g.kernel[0], g.stride[0], g.pad[0], g.out_size[0])
         self.cols = _average_weights(g.in_size[1], g.kernel[1], g.stride[1], g.pad[1], g.out_size[1])
         entries = math.prod(g.in_size) * math.prod(g.out_size)
-        separable_adds = g.kernel[1] * g.rows * g.row_outputs + g.kernel[0] * math.prod(g.out_size)
+        separable_adds = (g.kernel[1] + g.kernel[0]) * g.plane_size
         self.use_gemm = entries <= GEMM_MAX_ENTRIES and entries <= GEMM_FACTOR * separable_adds
         self._cache = {}
 
@@ -332,13 +417,18 @@ class AveragePooling(_TwoStage):
         if self.use_gemm:
             xp.matmul(x.reshape(n * c, -1), self._operator(xp, x.dtype), out=y.reshape(n * c, -1))
             return
-        planes = self._planes(x)
-        nc = planes.shape[0]
-        partial = self._partial(xp, nc, x.dtype)
-        self._sum(xp, self._stage1_views(xp, self._source(xp, planes, 0), nc), partial.reshape(-1))
-        out = self._planes(y)
-        self._sum(xp, self._stage2_views(xp, partial), out)
-        out *= self._inverse_pool_size(xp, x.dtype)
+        g = self.geometry
+        planes, out = self._planes(x), self._planes(y)
+        inverse = self._inverse_pool_size(xp, x.dtype)
+        blocks, block = self._blocks(xp, planes.shape[0], x.itemsize)
+        for p0, p1 in blocks:
+            nb = p1 - p0
+            buf = self._split(xp, planes[p0:p1], block, 0)
+            partial = self._partial(xp, nb, x.dtype)
+            self._sum(xp, self._stage1_views(buf, nb), partial.reshape(-1))
+            result = self._wide(xp, block, nb, x.dtype, "result")
+            self._sum(xp, self._stage2_views(partial), result)
+            xp.multiply(result[:, :, :g.out_size[1]], inverse, out=out[p0:p1])
 
     @staticmethod
     def _sum(xp, views, out):
@@ -353,17 +443,17 @@ class AveragePooling(_TwoStage):
             xp.matmul(dy.reshape(n * c, -1), self._operator(xp, dy.dtype).T, out=dx.reshape(n * c, -1))
             return
         g = self.geometry
-        grad = self.workspace.get("scaled", self._planes(dy).shape, dy.dtype, xp)
-        xp.multiply(self._planes(dy), self._inverse_pool_size(xp, dy.dtype), out=grad)
-        nc = grad.shape[0]
-        partial_grad = self._partial(xp, nc, dy.dtype, "partial_grad")
-        partial_grad.fill(0)
-        for view in self._stage2_views(xp, partial_grad):
-            view += grad
-        dx_planes = self._planes(dx)
-        flat = self._grad_source(xp, dx_planes)
-        if g.direct and g.exact_cover():
-            flat.fill(0)       # sums below add, they never assign
-        for view in self._stage1_views(xp, flat, nc):
-            view += partial_grad.reshape(-1)
-        self._crop(flat, dx_planes)
+        grad, dx_planes = self._planes(dy), self._planes(dx)
+        inverse = self._inverse_pool_size(xp, dy.dtype)
+        blocks, block = self._blocks(xp, grad.shape[0], dy.itemsize)
+        for p0, p1 in blocks:
+            nb = p1 - p0
+            scaled = self._wide(xp, block, nb, dy.dtype, "grad")
+            xp.multiply(grad[p0:p1], inverse, out=scaled[:, :, :g.out_size[1]])
+            partial = self._partial_grad(xp, nb, dy.dtype, add=True)
+            for view in self._stage2_views(partial):
+                view += scaled
+            buf = self._grad_buffer(xp, dx_planes[p0:p1], block, add=True)
+            for view in self._stage1_views(buf, nb):
+                view += partial.reshape(-1)
+            self._merge(buf, dx_planes[p0:p1])

@@ -32,5 +32,17 @@ class Workspace:
             self._arrays[name] = array
         return array
 
+    def prefix(self, name, shape, dtype, xp):
+        """A contiguous array of `shape` at the start of a flat buffer that
+        only grows, for sizes that vary (a shorter last block)."""
+        count = 1
+        for d in shape:
+            count *= int(d)
+        array = self._arrays.get(name)
+        if (array is None or array.size < count or array.dtype != dtype
+                or backend.get_array_module(array) is not xp):
+            array = self._arrays[name] = xp.empty((count,), dtype)
+        return array[:count].reshape(shape)
+
     def clear(self):
         self._arrays.clear()

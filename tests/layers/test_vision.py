@@ -249,9 +249,18 @@ POOL_CASES = [
 ]
 
 
+@pytest.fixture(params=["one block", "blocks of 1-2 planes"])
+def pool_blocks(request, monkeypatch):
+    """Run a test with all planes in one block and with many small blocks."""
+    from pycaffe_dist.ops import pooling
+    if request.param != "one block":
+        monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES", 400)
+    return request.param
+
+
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("shape, fields, kernel, stride, pad", POOL_CASES)
-def test_pooling_forward_matches_caffe_loops(method, shape, fields, kernel, stride, pad):
+def test_pooling_forward_matches_caffe_loops(method, shape, fields, kernel, stride, pad, pool_blocks):
     rng = numpy.random.default_rng(5)
     x = rng.standard_normal(shape)
     tops = 2 if method == "MAX" else 1
@@ -311,7 +320,7 @@ def test_max_pooling_ties_route_the_gradient_to_the_first_maximum():
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("shape, fields", [(s, f) for s, f, *_ in POOL_CASES])
-def test_pooling_gradients(method, shape, fields):
+def test_pooling_gradients(method, shape, fields, pool_blocks):
     rng = numpy.random.default_rng(7)
     layer = make_layer('name: "p" type: "Pooling" pooling_param { pool: %s %s }' % (method, fields))
     check_gradient(layer, [blob(distinct(rng, shape))], [Blob((), dtype=F64)], max_points=80)
@@ -345,7 +354,7 @@ def test_average_pooling_mask_top_is_refused():
         run(layer, numpy.zeros((1, 1, 4, 4)), tops=2)
 
 
-def test_separable_average_pooling_on_big_planes_matches():
+def test_separable_average_pooling_on_big_planes_matches(pool_blocks):
     # Big planes take the slice-sum path instead of the GEMM; same numbers.
     rng = numpy.random.default_rng(9)
     x = rng.standard_normal((1, 2, 40, 36))
@@ -354,7 +363,7 @@ def test_separable_average_pooling_on_big_planes_matches():
     assert not layer.op.use_gemm
     numpy.testing.assert_allclose(top.data, naive_pool(x, "AVE", (3, 3), (2, 2), (1, 1))[0], atol=1e-12)
     small = make_layer('name: "p" type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }')
-    check_gradient(small, [blob(rng.standard_normal((1, 1, 40, 36)))], [Blob((), dtype=F64)], max_points=40)
+    check_gradient(small, [blob(rng.standard_normal((2, 2, 40, 36)))], [Blob((), dtype=F64)], max_points=40)
 
 
 # -- LRN ----------------------------------------------------------------------------------
