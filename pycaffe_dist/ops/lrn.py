@@ -16,12 +16,14 @@ from .. import backend
 from .workspace import Workspace
 
 
-def negative_power(xp, base, beta, out):
+def negative_power(xp, base, beta, out, scratch):
     """out = base ** -beta, with sqrt-based shortcuts for Caffe's usual betas
-    (a general float power is several times slower than sqrt)."""
+    (a general float power is several times slower than sqrt). `scratch` is
+    an array like `out`."""
     if beta == 0.75:
         xp.sqrt(base, out=out)
-        out *= xp.sqrt(out)
+        xp.sqrt(out, out=scratch)
+        out *= scratch
         xp.reciprocal(out, out=out)
     elif beta == 0.5:
         xp.sqrt(base, out=out)
@@ -92,7 +94,7 @@ class LRN:
         scale *= self.alpha / self._window()
         scale += self.k if self.across_channels else 1.0
         powered = self.workspace.get("powered", x.shape, x.dtype, xp)
-        negative_power(xp, scale, self.beta, powered)
+        negative_power(xp, scale, self.beta, powered, self.workspace.get("total", x.shape, x.dtype, xp))
         xp.multiply(x, powered, out=y)
 
     def backward(self, dy, dx, x):
