@@ -81,10 +81,16 @@ def prefer_batch_last(geometry, n, c, o, spatial, out, needs_dx=True):
     return last < middle
 
 
-def _holds(key, x, *rest):
-    """Whether a buffer's key says it was made from this very array (identity,
-    not value) with these settings."""
-    return key is not None and key[0] is x and key[1:] == rest
+def _address(x):
+    """What makes two array objects views of the same data: address, shape,
+    strides (layers pass a fresh reshape of their blob every call)."""
+    data = x.data
+    pointer = data.ptr if hasattr(data, "ptr") else x.__array_interface__["data"][0]
+    return pointer, x.shape, x.strides, x.dtype.str
+
+
+def _key(x, *rest):
+    return (_address(x),) + rest
 
 
 class Convolution:
@@ -100,8 +106,8 @@ class Convolution:
         self.workspace = Workspace()
         self.batch_last = True
         self.needs_dx = True       # learned from the backward calls
-        self._input_of = None      # (x, layout) whose padded copy is in "input"
-        self._col_of = None        # (x, r0, r1, layout) whose columns are in "col"
+        self._input_of = None      # key of the x whose padded copy is in "input"
+        self._col_of = None        # key of the x and chunk whose columns are in "col"
 
     # -- chunks and flat buffers -----------------------------------------------------
     def _plan(self, c, out, n):
@@ -135,12 +141,12 @@ class Convolution:
         padded = g.padded_shape(spatial)
         shape = (c,) + padded + (n,) if self.batch_last else (n, c) + padded
         buf = self.workspace.get("input", shape, x.dtype, xp, fill=0)
-        if not _holds(self._input_of, x, self.batch_last):
+        if self._input_of != _key(x, self.batch_last):
             if self.batch_last:
                 to_batch_last(x, buf[(slice(None),) + g.interior(spatial)])
             else:
                 buf[(slice(None), slice(None)) + g.interior(spatial)] = x
-            self._input_of = (x, self.batch_last)
+            self._input_of = _key(x, self.batch_last)
             self._col_of = None
         return buf
 
@@ -177,10 +183,10 @@ class Convolution:
         c, n = x.shape[1], x.shape[0]
         length = (r1 - r0) * math.prod(out[1:]) * n
         col = self._matrix("col", c * self.geometry.kernel_volume(), longest, length, buf.dtype, xp)
-        if not _holds(self._col_of, x, r0, r1, self.batch_last):
+        if self._col_of != _key(x, r0, r1, self.batch_last):
             view = self._window_view(buf, r0, r1, out)
             xp.copyto(col.reshape(view.shape), view)
-            self._col_of = (x, r0, r1, self.batch_last)
+            self._col_of = _key(x, r0, r1, self.batch_last)
         return col
 
     # -- GEMMs, grouped ----------------------------------------------------------------

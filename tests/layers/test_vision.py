@@ -215,6 +215,42 @@ def test_convolution_skips_what_is_not_asked(conv_layout):
     assert (layer.blobs[1].diff == 9).all()
 
 
+def test_convolution_builds_columns_once_per_iteration(conv_layout, monkeypatch):
+    # Backward reuses forward's columns even though the layer hands the op a
+    # fresh reshape of the blob each call; a new forward rebuilds them.
+    from pycaffe_dist.ops import conv
+    builds = []
+    window_view = conv.Convolution._window_view
+
+    def counting(self, buf, r0, r1, out, offset=None):
+        if offset is None:
+            builds.append(r0)
+        return window_view(self, buf, r0, r1, out, offset)
+    monkeypatch.setattr(conv.Convolution, "_window_view", counting)
+    rng = numpy.random.default_rng(13)
+    layer = make_layer('name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad: 1 '
+                       'weight_filler { type: "gaussian" } }')
+    bottom, top = run(layer, rng.standard_normal((2, 2, 5, 5)))
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    assert builds == [0]
+    bottom[0].data[...] = rng.standard_normal((2, 2, 5, 5))
+    layer.forward(bottom, top)
+    grad = layer.blobs[0].diff.copy()
+    layer.backward(top, [False], bottom)
+    assert builds == [0, 0]
+    # d(sum y)/dW[o, c, i, j] is the sum of the inputs that offset (i, j) sees
+    numpy.testing.assert_allclose(layer.blobs[0].diff - grad, numpy.broadcast_to(
+        naive_window_sums(bottom[0].data, 3, 1), layer.blobs[0].data.shape), atol=1e-10)
+
+
+def naive_window_sums(x, k, pad):
+    xp = numpy.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    h, w = x.shape[2] + 2 * pad - k + 1, x.shape[3] + 2 * pad - k + 1
+    return numpy.array([[[xp[:, c, i:i + h, j:j + w].sum() for j in range(k)] for i in range(k)]
+                        for c in range(x.shape[1])])
+
+
 @pytest.mark.parametrize("fields, shape, message", [
     ("num_output: 4", (1, 2, 5, 5), "kernel_size"),
     ("num_output: 3 kernel_size: 3 group: 2", (1, 4, 5, 5), "divisible by group"),
