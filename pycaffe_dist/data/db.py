@@ -53,8 +53,8 @@ _envs = {}                   # real path -> [Environment, readers]
 _envs_lock = threading.Lock()
 
 
-def _acquire_env(path):
-    key = os.path.realpath(path)
+def _acquire_env(path, key):
+    """The shared Environment of the database at `path`; `key` is its real path."""
     with _envs_lock:
         entry = _envs.get(key)
         if entry is None:
@@ -68,8 +68,7 @@ def _acquire_env(path):
         return entry[0]
 
 
-def _release_env(path):
-    key = os.path.realpath(path)
+def _release_env(key):
     with _envs_lock:
         entry = _envs[key]
         entry[1] -= 1
@@ -86,7 +85,8 @@ class Reader:
         self.path = path
         if not os.path.exists(path):
             raise DBError(f"{path}: no such database")
-        self._env = _acquire_env(path)
+        self._env_key = os.path.realpath(path)    # fixed now: the working directory may change
+        self._env = _acquire_env(path, self._env_key)
         self._txn = self._env.begin(buffers=False)
         self._cursor = self._txn.cursor()
         self.size = self._env.stat()["entries"]
@@ -99,7 +99,7 @@ class Reader:
         if self._env is not None:
             self._cursor = None
             self._txn.abort()
-            _release_env(self.path)
+            _release_env(self._env_key)
             self._env = None
 
     def __enter__(self):
