@@ -90,7 +90,7 @@ def train_worker(worker):
                 shards=count if s.deterministic else None, first_shard=first).attach(solver)
     if job.setup is not None:
         job.setup(TrainingWorker(worker.rank, worker.size, solver, nets, count))
-    solver.action_request = _requests(worker, host, s.strategy == "hogwild")
+    solver.action_request = _requests(worker, host, solver, s.strategy == "hogwild")
     if job.resume:
         solver.restore(job.resume)
         _restore_shard_nets(solver.net, nets, count)
@@ -210,15 +210,22 @@ def _shared_weights(worker, solver, host):
     return numpy.frombuffer(block.buf, data.dtype, data.size)
 
 
-def _requests(worker, host, hogwild):
-    """solver.action_request: the parent's STOP/SNAPSHOT, taken by every worker at the same iteration."""
+def _requests(worker, host, solver, hogwild):
+    """solver.action_request: the parent's STOP/SNAPSHOT, taken by every worker at the same iteration.
+
+    Hogwild workers run at their own pace, so each looks for itself, and
+    all meet once when they leave the loop: the root's final test and
+    snapshot then see every worker's updates.
+    """
     root = worker.rank == 0
     flag = numpy.zeros(1, numpy.int32)
     meaning = {launcher.STOP: solver_base.STOP, launcher.SNAPSHOT: solver_base.SNAPSHOT if root else None}
 
     def request():
-        if hogwild:      # no lockstep: each worker looks for itself
+        if hogwild:
             code = worker.requests.take() if root else worker.requests.peek()
+            if code == launcher.STOP or solver.iter >= solver.param.max_iter:
+                host.barrier()
         else:            # the root decides and tells the others, so all stop together
             flag[0] = worker.requests.take() if root else 0
             host.bcast(flag, 0)

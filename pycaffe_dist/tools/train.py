@@ -2,7 +2,9 @@
 import logging
 import signal
 
-from .. import backend
+from .. import backend, parallel
+from ..parallel import config as parallel_config
+from ..proto.io import read_solver
 from ..solvers import get_solver
 from ..solvers.base import SNAPSHOT, STOP
 from .common import UserError, parse_gpus, parser, user_errors
@@ -43,7 +45,15 @@ def build_parser():
     p.add_flag("solver", required=True, help="solver prototxt")
     p.add_flag("weights", help="comma-separated .caffemodel files to fine-tune from (layers matched by name)")
     p.add_flag("snapshot", help=".solverstate to resume from")
-    p.add_flag("gpu", default="", help="GPU ids: '0', '0,1' or 'all' (default: CPU)")
+    p.add_flag("gpu", default="", help="GPU ids: '0', '0,1' or 'all' (default: CPU); several GPUs train "
+               "synchronously, one worker process each, over NCCL")
+    p.add_flag("workers", type=int, help="parallel workers on this machine (default: the solver's "
+               "parallel_param.workers, else 1); each runs the prototxt's batch on its shard of the data")
+    p.add_flag("strategy", choices=parallel_config.STRATEGIES,
+               help="sync: synchronous data parallel (the default); hogwild: lock-free shared weights")
+    p.add_flag("deterministic", action="store_true", default=None,
+               help="exact mode: the same weights to the bit for any worker count dividing --shards")
+    p.add_flag("shards", type=int, help="--deterministic: shards per iteration (default: one per worker)")
     p.add_flag("sigint_effect", default="stop", choices=sorted(EFFECTS),
                help="what Ctrl-C does: stop (default), snapshot, none")
     p.add_flag("sighup_effect", default="snapshot", choices=sorted(EFFECTS),
@@ -57,6 +67,14 @@ def main(argv):
     if args.weights and args.snapshot:
         raise UserError("give -weights or -snapshot, not both (Caffe's rule)")
     gpus = parse_gpus(args.gpu)
+    try:
+        settings = parallel_config.from_solver(read_solver(args.solver), workers=args.workers,
+                                               strategy=args.strategy, gpus=gpus,
+                                               deterministic=args.deterministic, shards=args.shards)
+    except parallel_config.ConfigError as e:
+        raise UserError(str(e)) from None
+    if settings.parallel:
+        return train_parallel(args, settings)
     if gpus:
         backend.set_mode_gpu()
         backend.set_device(gpus[0])
@@ -68,4 +86,16 @@ def main(argv):
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
         solver.action_request = actions
         solver.solve(resume=args.snapshot)
+    return 0
+
+
+def train_parallel(args, settings):
+    """Several workers (pycaffe_dist.parallel); the root logs, tests and snapshots."""
+    weights = args.weights.split(",") if args.weights else ()
+    with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
+        try:
+            parallel.train(args.solver, settings, resume=args.snapshot, weights=weights,
+                           action_request=actions)
+        except parallel.WorkerError as e:
+            raise UserError(str(e)) from None
     return 0

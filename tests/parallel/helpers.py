@@ -53,21 +53,26 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: 
 ''' % (train_source, batch, test_data, hidden, CLASSES, accuracy)
 
 
-def solver_text(net_path, max_iter, extra="", base_lr=0.1, weight_decay=0.0005):
-    return '''net: "%s"
-base_lr: %g momentum: 0.9 weight_decay: %g lr_policy: "inv" gamma: 0.01 power: 0.75
-display: 0 max_iter: %d snapshot_after_train: false random_seed: 7
-%s''' % (net_path, base_lr, weight_decay, max_iter, extra)
+SOLVER_DEFAULTS = {"base_lr": 0.1, "momentum": 0.9, "weight_decay": 0.0005, "lr_policy": '"inv"',
+                   "gamma": 0.01, "power": 0.75, "display": 0, "snapshot_after_train": "false",
+                   "random_seed": 7}
 
 
-def write_solver(folder, name, batch, max_iter, data, extra="", test_data=None, **rates):
+def solver_text(net_path, max_iter, extra="", **fields):
+    """A solver for `net_path`; `fields` replace the defaults above, `extra` is appended as is."""
+    values = dict(SOLVER_DEFAULTS, **fields)
+    body = " ".join("%s: %s" % item for item in values.items())
+    return 'net: "%s" max_iter: %d\n%s\n%s\n' % (net_path, max_iter, body, extra)
+
+
+def write_solver(folder, name, batch, max_iter, data, extra="", test_data=None, **fields):
     """net and solver prototxt files in `folder`; returns the solver's path."""
     net = os.path.join(folder, name + "_net.prototxt")
     with open(net, "w") as f:
         f.write(mlp_net(data, batch, test_data))
     path = os.path.join(folder, name + "_solver.prototxt")
     with open(path, "w") as f:
-        f.write(solver_text(net, max_iter, extra, **rates))
+        f.write(solver_text(net, max_iter, extra, **fields))
     return path
 
 
