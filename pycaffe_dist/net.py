@@ -79,6 +79,11 @@ class Net:
         self.outputs = [name for name in self.blobs if name not in consumed]
         self._collect_params()
         self._infer_backward()
+        # Per-layer callbacks, each called with the layer index (pycaffe's
+        # before_forward ... after_backward; parallel strategies use the last).
+        self.before_forward_hooks = []
+        self.after_forward_hooks = []
+        self.before_backward_hooks = []
         self.after_backward_hooks = []
 
     def _add_layer(self, lp):
@@ -106,6 +111,8 @@ class Net:
         try:
             layer.setup(bottom, top)
         except (LayerError, ValueError) as e:
+            if getattr(layer, "user_code", False):
+                raise  # a user's Python layer: its own exception, unchanged
             raise NetError("%s: %s%s" % (self._where(lp.name), self._name_layer(e, lp),
                                          self._describe_bottoms(lp))) from None
         if not lp.loss_weight and layer.is_loss:
@@ -228,6 +235,8 @@ class Net:
         last = len(self.layers) - 1 if end is None else (end if isinstance(end, int) else self.layer_index(end))
         loss = 0.0
         for i in range(first, last + 1):
+            for hook in self.before_forward_hooks:
+                hook(i)
             layer = self.layers[i]
             bottom = [self.blobs[n] for n in self.bottom_ids[i]]
             top = [self.blobs[n] for n in self.top_ids[i]]
@@ -236,6 +245,8 @@ class Net:
             for t, w in zip(top, layer.loss_weights):
                 if w:
                     loss += w * float(t.data.sum())
+            for hook in self.after_forward_hooks:
+                hook(i)
         return loss
 
     def backward(self, start=None, end=None):
@@ -245,7 +256,9 @@ class Net:
         last = 0 if end is None else (end if isinstance(end, int) else self.layer_index(end))
         for i in range(first, last - 1, -1):
             if not self.layer_need_backward[i]:
-                continue
+                continue  # hooks too: they see only the layers whose gradients change
+            for hook in self.before_backward_hooks:
+                hook(i)
             layer = self.layers[i]
             top = [self.blobs[n] for n in self.top_ids[i]]
             bottom = [self.blobs[n] for n in self.bottom_ids[i]]
@@ -260,6 +273,11 @@ class Net:
         loss = self.forward()
         self.backward()
         return loss
+
+    def reshape(self):
+        """Re-size every top from its bottoms, in layer order (after an input blob changed shape)."""
+        for i, layer in enumerate(self.layers):
+            layer.reshape([self.blobs[n] for n in self.bottom_ids[i]], [self.blobs[n] for n in self.top_ids[i]])
 
     def clear_param_diffs(self):
         self.flat_diff[...] = 0

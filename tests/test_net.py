@@ -2,7 +2,7 @@
 import numpy
 import pytest
 
-from pycaffe_dist import Net, TEST, TRAIN
+from pycaffe_dist.net import Net, TEST, TRAIN
 from pycaffe_dist.net import NetError
 from pycaffe_dist.proto import caffe_pb2, io
 

@@ -3,7 +3,7 @@ ArgMax: forward against loops or numpy, gradients, errors, numpy vs cupy."""
 import numpy
 import pytest
 
-from pycaffe_dist import Net, TRAIN
+from pycaffe_dist.net import Net, TRAIN
 from pycaffe_dist.gradient_check import check_gradient
 from pycaffe_dist.layers import LayerError
 from pycaffe_dist.proto import io
