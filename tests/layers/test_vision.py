@@ -146,6 +146,17 @@ def test_convolution_forward_matches_naive_loops(shape, fields, stride, pad, dil
     numpy.testing.assert_allclose(top.data, expected, rtol=1e-10, atol=1e-10)
 
 
+def test_convolution_axis_flattens_the_leading_axes():
+    rng = numpy.random.default_rng(14)
+    layer = make_layer('name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 axis: -3 '
+                       'weight_filler { type: "gaussian" } }')
+    x = rng.standard_normal((2, 2, 3, 5, 4))      # (batch, time, channels, h, w)
+    _, (top,) = run(layer, x)
+    assert top.shape == (2, 2, 2, 3, 2)
+    flat = naive_conv(x.reshape(4, 3, 5, 4), layer.blobs[0].data, layer.blobs[1].data, (1, 1), (0, 0), (1, 1), 1)
+    numpy.testing.assert_allclose(top.data.reshape(flat.shape), flat, atol=1e-10)
+
+
 def test_convolution_float32_and_weight_shapes():
     rng = numpy.random.default_rng(1)
     layer = make_layer('name: "c" type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 3 '
@@ -200,6 +211,16 @@ def test_convolution_gradients(fields, shape, conv_layout):
     for b, first in zip(layer.blobs, once):
         numpy.testing.assert_allclose(b.diff, 2 * first)
     numpy.testing.assert_allclose(bottom[0].diff, once[-1])
+
+
+def test_layout_cost_model_on_lenet():
+    # Long output rows and no input gradient (conv1) favour batch-middle
+    # columns; short rows with col2im (conv2) favour batch-last.
+    from pycaffe_dist.ops import ConvGeometry
+    from pycaffe_dist.ops.conv import prefer_batch_last
+    g = ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1))
+    assert not prefer_batch_last(g, 64, 1, 20, (28, 28), (24, 24), needs_dx=False)
+    assert prefer_batch_last(g, 64, 20, 50, (12, 12), (8, 8), needs_dx=True)
 
 
 def test_convolution_skips_what_is_not_asked(conv_layout):
