@@ -100,7 +100,9 @@ def _resize_axis(im, size, axis, order):
     shape = [1] * im.ndim
     shape[axis] = size
     w = w.reshape(shape)
-    return numpy.take(im, lo, axis=axis) * (1 - w) + numpy.take(im, hi, axis=axis) * w
+    low = numpy.take(im, lo, axis=axis)
+    # low + (high - low) * w keeps a constant image exactly constant.
+    return low + (numpy.take(im, hi, axis=axis) - low) * w
 
 
 def resize_image(im, new_dims, interp_order=1):

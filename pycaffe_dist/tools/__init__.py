@@ -9,4 +9,8 @@ COMMANDS = (
     "convert_imageset",
     "convert_cifar_data",
     "compute_image_mean",
+    "extract_features",
+    "draw_net",
+    "parse_log",
+    "plot_log",
 )

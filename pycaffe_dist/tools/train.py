@@ -8,6 +8,7 @@ from ..proto.io import read_solver
 from ..solvers import get_solver
 from ..solvers.base import SNAPSHOT, STOP
 from .common import UserError, parse_gpus, parser, user_errors
+from .progress import TrainingProgress
 
 log = logging.getLogger("pycaffe_dist")
 EFFECTS = {"stop": STOP, "snapshot": SNAPSHOT, "none": None}
@@ -83,7 +84,7 @@ def main(argv):
         for path in args.weights.split(","):
             log.info("Finetuning from %s", path)
             solver.net.copy_from(path)
-    with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
+    with SignalActions(args.sigint_effect, args.sighup_effect) as actions, TrainingProgress(solver):
         solver.action_request = actions
         solver.solve(resume=args.snapshot)
     return 0

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Caffe's parse_log.py; the same as `pycaffe-dist parse_log`."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pycaffe_dist.tools.parse_log import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
