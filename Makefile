@@ -14,6 +14,9 @@ help:
 	@echo "make bench  run the benchmarks (installs torch==2.13.0 as the baseline)"
 
 $(STAMP): setup.py
+	command -v dot >/dev/null || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq graphviz >/dev/null \
+	  || echo "graphviz did not install: draw_net can write .dot only; its picture tests skip"; }
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[$(EXTRAS)]"

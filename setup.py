@@ -18,7 +18,10 @@ setup(
         "lmdb": ["lmdb>=1.4"],
         "mpi": ["mpi4py>=4.0", "mpich"],
         "hdf5": ["h5py>=3"],
-        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "grpcio-tools==1.71.0", "grpcio==1.71.0"],
+        # plot_log; draw_net needs graphviz's `dot` program (apt-get install graphviz), no Python package.
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "grpcio-tools==1.71.0", "grpcio==1.71.0",
+                 "matplotlib>=3.5", "h5py>=3"],
         "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["pycaffe-dist=pycaffe_dist.cli:main"]},
