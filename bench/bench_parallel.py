@@ -1,0 +1,127 @@
+"""Parallel training on one machine: samples/s of N workers against 1 worker, in one run.
+
+Trains LeNet (or an MLP) on Fashion-MNIST through MemoryData, each worker on
+its own shard, and prints samples/s for each mode with its ratio to
+"1 worker, 1 BLAS thread" (the issue's baseline) and to "1 worker, 2 BLAS
+threads" (what a user gets without any parallel setting). Time is measured
+inside the workers, from the first iteration to the last, so process start
+and data loading do not count; for Hogwild the samples of all workers are
+divided by the slowest worker's time.
+
+    .venv/bin/python bench/bench_parallel.py [--net lenet|mlp] [--iters 200] [--batch 64]
+        [--modes single1,single2,hogwild_threads,hogwild_processes,sync,sync_whole,sync_tree]
+        [--repeat 1]
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+DATA = '''name: "%(name)s"
+layer { name: "data" type: "MemoryData" top: "data" top: "label"
+  transform_param { scale: 0.00390625 }
+  memory_data_param { batch_size: %(batch)d channels: 1 height: 28 width: 28 } }
+'''
+MLP = '''layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  inner_product_param { num_output: 500 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+'''
+SOLVER = ('net: "%s" base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.0001 '
+          'power: 0.75 display: 0 max_iter: %d snapshot_after_train: false random_seed: 1\n')
+
+# mode: (label, workers, parallel settings, BLAS threads per worker)
+MODES = {
+    "single1": ("1 worker, 1 BLAS thread", 1, {"strategy": "sync"}, 1),
+    "single2": ("1 worker, 2 BLAS threads", 1, {"strategy": "sync"}, 2),
+    "hogwild_threads": ("Hogwild, 2 threads", 2, {"strategy": "hogwild", "mode": "thread"}, 1),
+    "hogwild_processes": ("Hogwild, 2 processes", 2, {"strategy": "hogwild", "mode": "process"}, 1),
+    "sync": ("sync, 2 processes (layer-wise)", 2, {"strategy": "sync"}, 1),
+    "sync_whole": ("sync, 2 processes (whole buffer)", 2, {"strategy": "sync", "layer_wise": False}, 1),
+    "sync_tree": ("sync, 2 processes (P2P tree)", 2, {"strategy": "sync", "algorithm": "tree"}, 1),
+}
+
+
+def net_text(name, batch):
+    if name == "mlp":
+        return DATA % {"name": "mlp", "batch": batch} + MLP
+    from nets import LENET
+    layers = LENET[LENET.index('layer { name: "conv1"'):]
+    return DATA % {"name": "LeNet", "batch": batch} + layers
+
+
+def feed(worker):
+    """setup hook: worker r of N gets Fashion-MNIST training records r, r+N, ..."""
+    from pycaffe_dist.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+    images = read_idx(os.path.join(FASHION, "train-images-idx3-ubyte.gz"), IMAGES_MAGIC)[:, None]
+    labels = read_idx(os.path.join(FASHION, "train-labels-idx1-ubyte.gz"), LABELS_MAGIC)
+    layer = worker.solver.net.layers[0]
+    mine = slice(worker.rank, None, worker.size)
+    n = len(labels[mine]) // layer.batch_size * layer.batch_size
+    layer.set_input_arrays(images[mine][:n], labels[mine][:n])
+
+
+def run_mode(mode, solver_path, batch):
+    from pycaffe_dist import parallel
+    from pycaffe_dist.parallel import Settings
+    _, workers, options, blas = MODES[mode]
+    settings = Settings(workers=workers, **options)
+    result = parallel.train(solver_path, settings, setup=feed, blas_threads=blas)
+    reports = result.reports
+    samples = sum(r["iterations"] for r in reports) * batch
+    return samples / max(r["seconds"] for r in reports)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", default="lenet", choices=("lenet", "mlp"))
+    ap.add_argument("--iters", type=int, default=200, help="iterations per worker")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--modes", default="single1,single2,hogwild_threads,hogwild_processes,sync,sync_whole")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per mode; the median is shown")
+    args = ap.parse_args()
+    modes = args.modes.split(",")
+    if not os.path.isdir(FASHION):
+        print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)", file=sys.stderr)
+        return 1
+    import logging
+    from pycaffe_dist.cli import setup_logging
+    setup_logging(logging.WARNING)
+    folder = tempfile.mkdtemp(prefix="bench_parallel_")
+    net = os.path.join(folder, "net.prototxt")
+    with open(net, "w") as f:
+        f.write(net_text(args.net, args.batch))
+    # Every worker runs `iters` iterations: Hogwild and sync see workers x the samples.
+    solver = os.path.join(folder, "solver.prototxt")
+    with open(solver, "w") as f:
+        f.write(SOLVER % (net, args.iters))
+    # Modes take turns, so a slow spell of the machine hits them alike.
+    measured = {mode: [] for mode in modes}
+    for _ in range(args.repeat):
+        for mode in modes:
+            measured[mode].append(run_mode(mode, solver, args.batch))
+            print("  measured %-36s %9.1f samples/s" % (MODES[mode][0], measured[mode][-1]),
+                  file=sys.stderr, flush=True)
+    rates = {mode: statistics.median(values) for mode, values in measured.items()}
+    base1, base2 = rates.get("single1"), rates.get("single2")
+    print("%s, batch %d per worker, %d iterations per worker, %d cores, median of %d"
+          % (args.net, args.batch, args.iters, os.cpu_count(), args.repeat))
+    print("%-36s %12s %12s %12s" % ("mode", "samples/s", "vs 1w/1t", "vs 1w/2t"))
+    for mode in modes:
+        r = rates[mode]
+        print("%-36s %12.1f %12s %12s" % (MODES[mode][0], r, "%.2fx" % (r / base1) if base1 else "-",
+                                         "%.2fx" % (r / base2) if base2 else "-"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
