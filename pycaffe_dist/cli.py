@@ -15,12 +15,27 @@ commands:
 
 def setup_logging(level=logging.INFO):
     """Caffe-like log lines on stderr: 'I1121 23:58:49.123456 pid file] message'."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(CaffeFormatter())
     root = logging.getLogger("pycaffe_dist")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (it may be replaced)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 class CaffeFormatter(logging.Formatter):
