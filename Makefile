@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests; status=$$?; if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 lint: $(STAMP)
-	.venv/bin/ruff check pycaffe_dist tests tools bench
+	.venv/bin/ruff check pycaffe_dist tests tools bench examples
 
 proto: $(STAMP)
 	$(PY) tools/gen_proto.py

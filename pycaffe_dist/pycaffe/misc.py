@@ -106,10 +106,17 @@ class NCCL:
         pass
 
 
-def init_log(level=logging.INFO):
-    """Send the framework's log lines (Caffe's format) to stderr."""
-    from ..cli import setup_logging
+def init_log(level=logging.INFO, filename=None):
+    """Send the framework's log lines (Caffe's format) to stderr, and also to `filename` when given.
+
+    The file then holds the lines parse_log and plot_log read.
+    """
+    from ..cli import CaffeFormatter, setup_logging
     setup_logging(level)
+    if filename is not None:
+        handler = logging.FileHandler(filename, mode="w")
+        handler.setFormatter(CaffeFormatter())
+        log_.addHandler(handler)
 
 
 def log(message):
