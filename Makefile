@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
-EXTRAS  := lmdb,test
+EXTRAS  := lmdb,test,mpi
 
 .PHONY: help demo test lint proto bench fuzz clean
 
