@@ -13,6 +13,7 @@ import queue
 import threading
 
 from ..solvers.base import Callback
+from . import algorithms
 from .comm import ordered_allreduce
 from .p2p_tree import tree_allreduce
 from .shards import as_shard
@@ -45,7 +46,8 @@ class SyncSGD(Callback):
             the backward of the layers below (Caffe's layer_wise_reduce).
             Otherwise the whole buffer is reduced once backward is done.
         algorithm: "mpi" for the communicator's own allreduce, "tree" for
-            Caffe's P2P reduction tree on send/recv.
+            Caffe's P2P reduction tree on send/recv, or one of
+            algorithms.POINT_TO_POINT (MPI communicators).
         shard_nets: deterministic mode only: this worker's other shard nets
             (sharing the solver net's weights). With `shards` set, the
             gradients of all shards are summed in shard order.
@@ -131,6 +133,8 @@ class SyncSGD(Callback):
             if self._scratch is None or self._scratch.size < view.size:
                 self._scratch = self.solver.net.xp.empty(self.solver.net.flat_diff.size, view.dtype)
             tree_allreduce(self.comm, view, self._scratch[:view.size])
+        elif self.algorithm in algorithms.POINT_TO_POINT:
+            algorithms.allreduce(self.comm, view, self.algorithm)
         else:
             self.comm.allreduce(view)
 
