@@ -135,6 +135,11 @@ def test_snapshot_restore_solve_and_share_weights(workdir):
     numpy.testing.assert_array_equal(solver.net.params["ip"][0].data, after)
     solver.solve()
     assert solver.iter == solver.param.max_iter == 6
+    resumed = caffe.SGDSolver("SGD.prototxt")
+    feed(resumed)
+    resumed.solve(resume="snaps/ls_iter_2.solverstate")
+    assert resumed.iter == 6
+    numpy.testing.assert_array_equal(resumed.net.params["ip"][0].data, solver.net.params["ip"][0].data)
     deploy = caffe.Net("ls.prototxt", caffe.TEST)
     solver.share_weights(deploy)
     numpy.testing.assert_array_equal(deploy.params["ip"][0].data, solver.net.params["ip"][0].data)

@@ -70,9 +70,9 @@ class Solver:
         """Train `iters` iterations (testing, displaying and snapshotting as the file says)."""
         self._solver.step(int(iters))
 
-    def solve(self, resume_file=None):
-        """Train to max_iter, first restoring `resume_file` (a .solverstate) when given."""
-        self._solver.solve(resume=resume_file)
+    def solve(self, resume=None):
+        """Train to max_iter, first restoring `resume` (a .solverstate path) when given."""
+        self._solver.solve(resume=resume)
 
     def restore(self, state_file):
         """Continue from a .solverstate (and the .caffemodel it names)."""
