@@ -6,7 +6,9 @@ its own shard, and prints samples/s for each mode with its ratio to
 threads" (what a user gets without any parallel setting). Time is measured
 inside the workers, from the first iteration to the last, so process start
 and data loading do not count; for Hogwild the samples of all workers are
-divided by the slowest worker's time.
+divided by the slowest worker's time. "exchange" is the share of a sync
+worker's time spent in the gradient exchange that backward did not hide,
+waiting for a slower peer included.
 
     .venv/bin/python bench/bench_parallel.py [--net lenet|mlp] [--iters 200] [--batch 64]
         [--modes single1,single2,hogwild_threads,hogwild_processes,sync,sync_whole,sync_tree]
@@ -78,7 +80,10 @@ def run_mode(mode, solver_path, batch):
     result = parallel.train(solver_path, settings, setup=feed, blas_threads=blas)
     reports = result.reports
     samples = sum(r["iterations"] for r in reports) * batch
-    return samples / max(r["seconds"] for r in reports)
+    seconds = max(r["seconds"] for r in reports)
+    # Share of the step spent in the gradient exchange (waiting for peers included).
+    exchange = statistics.mean(r.get("reduce_seconds", 0.0) / r["seconds"] for r in reports)
+    return samples / seconds, exchange
 
 
 def main():
@@ -106,20 +111,23 @@ def main():
         f.write(SOLVER % (net, args.iters))
     # Modes take turns, so a slow spell of the machine hits them alike.
     measured = {mode: [] for mode in modes}
+    shares = {mode: [] for mode in modes}
     for _ in range(args.repeat):
         for mode in modes:
-            measured[mode].append(run_mode(mode, solver, args.batch))
-            print("  measured %-36s %9.1f samples/s" % (MODES[mode][0], measured[mode][-1]),
-                  file=sys.stderr, flush=True)
+            rate, share = run_mode(mode, solver, args.batch)
+            measured[mode].append(rate)
+            shares[mode].append(share)
+            print("  measured %-36s %9.1f samples/s" % (MODES[mode][0], rate), file=sys.stderr, flush=True)
     rates = {mode: statistics.median(values) for mode, values in measured.items()}
     base1, base2 = rates.get("single1"), rates.get("single2")
     print("%s, batch %d per worker, %d iterations per worker, %d cores, median of %d"
           % (args.net, args.batch, args.iters, os.cpu_count(), args.repeat))
-    print("%-36s %12s %12s %12s" % ("mode", "samples/s", "vs 1w/1t", "vs 1w/2t"))
+    print("%-36s %12s %10s %10s %10s" % ("mode", "samples/s", "vs 1w/1t", "vs 1w/2t", "exchange"))
     for mode in modes:
         r = rates[mode]
-        print("%-36s %12.1f %12s %12s" % (MODES[mode][0], r, "%.2fx" % (r / base1) if base1 else "-",
-                                         "%.2fx" % (r / base2) if base2 else "-"))
+        print("%-36s %12.1f %10s %10s %9.1f%%" % (MODES[mode][0], r, "%.2fx" % (r / base1) if base1 else "-",
+                                               "%.2fx" % (r / base2) if base2 else "-",
+                                               100 * statistics.median(shares[mode])))
     return 0
 
 

@@ -11,6 +11,7 @@ between workers and lets each update it without locks.
 import logging
 import queue
 import threading
+import time
 
 from ..solvers.base import Callback
 from . import algorithms
@@ -69,6 +70,7 @@ class SyncSGD(Callback):
         self._queue = None
         self._thread = None
         self._thread_error = None
+        self.reduce_seconds = 0.0
 
     @property
     def deterministic(self):
@@ -109,6 +111,14 @@ class SyncSGD(Callback):
             self._done += 1
 
     def on_gradients_ready(self, solver):
+        started = time.perf_counter()
+        try:
+            self._gradients_ready(solver)
+        finally:
+            # What backward did not hide: reduction, and waiting for slower peers.
+            self.reduce_seconds += time.perf_counter() - started
+
+    def _gradients_ready(self, solver):
         diff = solver.net.flat_diff
         if self.deterministic:
             parts = [diff] + [self._shard_gradient(i, net, solver) for i, net in enumerate(self.shard_nets)]

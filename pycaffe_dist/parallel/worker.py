@@ -78,6 +78,7 @@ def train_worker(worker):
     if worker.rank == 0 and count > 1:
         _snapshot_global_data_position(solver.net, count)
     host = worker.comm() if worker.group is not None else SelfComm()
+    strategy = None
     if s.strategy == "hogwild":
         Hogwild(_shared_weights(worker, solver, host)).attach(solver)
     else:
@@ -85,9 +86,9 @@ def train_worker(worker):
         if s.gpus:
             from .nccl import NcclComm
             comm = NcclComm(host, s.gpus[worker.rank])
-        SyncSGD(comm, layer_wise=s.layer_wise, algorithm=s.algorithm,
-                shard_nets=[nets[k] for k in sorted(nets)[1:]],
-                shards=count if s.deterministic else None, first_shard=first).attach(solver)
+        strategy = SyncSGD(comm, layer_wise=s.layer_wise, algorithm=s.algorithm,
+                           shard_nets=[nets[k] for k in sorted(nets)[1:]],
+                           shards=count if s.deterministic else None, first_shard=first).attach(solver)
     if job.setup is not None:
         job.setup(TrainingWorker(worker.rank, worker.size, solver, nets, count))
     solver.action_request = _requests(worker, host, solver, s.strategy == "hogwild")
@@ -97,7 +98,9 @@ def train_worker(worker):
     start_iter, started = solver.iter, time.perf_counter()
     solver.solve()
     seconds = time.perf_counter() - started
-    return _report(worker, job, solver, start_iter, seconds)
+    report = _report(worker, job, solver, start_iter, seconds)
+    report["reduce_seconds"] = getattr(strategy, "reduce_seconds", 0.0)
+    return report
 
 
 def _setup_logging(rank, level):
