@@ -23,6 +23,9 @@ from dataclasses import dataclass, field, replace
 STRATEGIES = ("sync", "hogwild")
 MODES = ("process", "thread")
 ALGORITHMS = ("mpi", "tree")
+# Strategies and algorithms that run only under mpiexec (parallel/cluster_config.py).
+MPI_STRATEGIES = ("ps", "downpour", "easgd", "eamsgd", "ssp")
+MPI_ALGORITHMS = ("binomial", "ring", "halving_doubling")
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,9 @@ class Settings:
     def checked(self):
         """These settings with defaults filled in; raises ConfigError when they conflict."""
         s = self
+        if s.strategy in MPI_STRATEGIES or s.algorithm in MPI_ALGORITHMS:
+            raise ConfigError("%s runs over MPI: launch with `mpiexec -n N pycaffe-dist train --solver ...`"
+                              % (s.strategy if s.strategy in MPI_STRATEGIES else "algorithm " + s.algorithm))
         if s.strategy not in STRATEGIES:
             raise ConfigError("unknown parallel strategy %r (known: %s)" % (s.strategy, ", ".join(STRATEGIES)))
         if s.gpus:

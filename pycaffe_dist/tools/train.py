@@ -3,7 +3,7 @@ import logging
 import signal
 
 from .. import backend, parallel
-from ..parallel import config as parallel_config
+from ..parallel import config as parallel_config, mpi
 from ..proto.io import read_solver
 from ..solvers import get_solver
 from ..solvers.base import SNAPSHOT, STOP
@@ -50,8 +50,15 @@ def build_parser():
                "synchronously, one worker process each, over NCCL")
     p.add_flag("workers", type=int, help="parallel workers on this machine (default: the solver's "
                "parallel_param.workers, else 1); each runs the prototxt's batch on its shard of the data")
-    p.add_flag("strategy", choices=parallel_config.STRATEGIES,
-               help="sync: synchronous data parallel (the default); hogwild: lock-free shared weights")
+    p.add_flag("strategy", choices=parallel_config.STRATEGIES + parallel_config.MPI_STRATEGIES,
+               help="sync: synchronous data parallel (the default); hogwild: lock-free shared weights; "
+               "under mpiexec also ps, downpour, easgd, eamsgd, ssp")
+    p.add_flag("algorithm", choices=parallel_config.ALGORITHMS + parallel_config.MPI_ALGORITHMS,
+               help="sync: the allreduce (mpi, tree; under mpiexec also binomial, ring, halving_doubling)")
+    p.add_flag("compression", choices=("none", "onebit", "fp16", "topk"),
+               help="under mpiexec, sync: compressed gradients with error feedback")
+    p.add_flag("timeout", type=float, help="under mpiexec: seconds a rank waits for a peer before the job "
+               "is ended with a message naming it (default: parallel_param.timeout, 300)")
     p.add_flag("deterministic", action="store_true", default=None,
                help="exact mode: the same weights to the bit for any worker count dividing --shards")
     p.add_flag("shards", type=int, help="--deterministic: shards per iteration (default: one per worker)")
@@ -67,11 +74,14 @@ def main(argv):
     args = build_parser().parse_args(argv)
     if args.weights and args.snapshot:
         raise UserError("give -weights or -snapshot, not both (Caffe's rule)")
+    if mpi.launched():
+        return train_cluster(args)
     gpus = parse_gpus(args.gpu)
     try:
         settings = parallel_config.from_solver(read_solver(args.solver), workers=args.workers,
                                                strategy=args.strategy, gpus=gpus,
-                                               deterministic=args.deterministic, shards=args.shards)
+                                               deterministic=args.deterministic, shards=args.shards,
+                                               algorithm=args.algorithm)
     except parallel_config.ConfigError as e:
         raise UserError(str(e)) from None
     if settings.parallel:
@@ -98,5 +108,21 @@ def train_parallel(args, settings):
             parallel.train(args.solver, settings, resume=args.snapshot, weights=weights,
                            action_request=actions)
         except parallel.WorkerError as e:
+            raise UserError(str(e)) from None
+    return 0
+
+
+def train_cluster(args):
+    """One rank of an mpiexec/srun job (pycaffe_dist.parallel.cluster); the root logs, tests and snapshots."""
+    from ..parallel import cluster
+    if args.gpu or args.workers or args.deterministic:
+        raise UserError("under mpiexec each rank is one worker: -gpu, -workers and -deterministic do not apply")
+    weights = args.weights.split(",") if args.weights else ()
+    with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
+        try:
+            cluster.train(args.solver, resume=args.snapshot, weights=weights, action_request=actions,
+                          strategy=args.strategy, algorithm=args.algorithm, compression=args.compression,
+                          timeout=args.timeout)
+        except parallel_config.ConfigError as e:
             raise UserError(str(e)) from None
     return 0
