@@ -1,4 +1,6 @@
 """Blobs to and from BlobProto; .caffemodel weights loading (layers matched by name)."""
+import os
+
 import numpy
 
 from . import backend
@@ -62,7 +64,15 @@ def _legacy_equivalent(a, b):
 
 
 def load_weights(net, source):
-    """Copy blobs from a .caffemodel path or NetParameter into `net`, by layer name."""
+    """Copy blobs from a .caffemodel path or NetParameter into `net`, by layer name.
+
+    A path ending in .h5 is read as Caffe's HDF5 weights (as Net::CopyTrainedLayersFrom does).
+    """
+    if isinstance(source, str) and source.endswith(".h5"):
+        from . import weights_hdf5
+        if not os.path.exists(source):
+            raise ProtoError("%s: no such file" % source)
+        return weights_hdf5.load(net, source)
     if isinstance(source, str):
         where = source
         param = proto_io.read_binary(source, caffe_pb2.NetParameter)

@@ -84,7 +84,6 @@ class Solver:
 
     # -- nets ----------------------------------------------------------------------
     def _net_from(self, param_field, file_field, phase, state, index=None):
-        p = self.param
         if file_field is not None:
             path = _resolve(file_field, self.base_dir)
             net_param, source = proto_io.read_net(path)
@@ -308,19 +307,24 @@ class Solver:
         return "%s_iter_%d%s" % (prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write <prefix>_iter_N.caffemodel and .solverstate (each atomically)."""
+        """Write <prefix>_iter_N.caffemodel and .solverstate (each atomically);
+        with snapshot_format HDF5, .caffemodel.h5 and .solverstate.h5."""
         from .state import save_state
-        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            raise SolverError("%s: snapshot_format HDF5 is not supported yet; use BINARYPROTO" % self.path)
-        model = self.snapshot_filename(".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model)
-        proto_io.write_binary(model, self.net.to_proto(self.param.snapshot_diff))
-        state = self.snapshot_filename(".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", state)
+        hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        kind, suffix = ("HDF5", ".h5") if hdf5 else ("binary proto", "")
+        model = self.snapshot_filename(".caffemodel" + suffix)
+        log.info("Snapshotting to %s file %s", kind, model)
+        if hdf5:
+            from .. import weights_hdf5
+            weights_hdf5.save(self.net, model, self.param.snapshot_diff)
+        else:
+            proto_io.write_binary(model, self.net.to_proto(self.param.snapshot_diff))
+        state = self.snapshot_filename(".solverstate" + suffix)
+        log.info("Snapshotting solver state to %s file %s", kind, state)
         save_state(self, state, model)
         return model, state
 
     def restore(self, path):
-        """Continue from a .solverstate (and the .caffemodel it names)."""
+        """Continue from a .solverstate or .solverstate.h5 (and the weights it names)."""
         from .state import load_state
         load_state(self, path)
