@@ -28,6 +28,11 @@ def _read_text(path):
         raise ProtoError("%s:%d: not UTF-8 text (is this a binary file?)" % (path, line)) from None
 
 
+def read_text(path):
+    """The UTF-8 text of a prototxt file; errors name the file (and line)."""
+    return _read_text(path)
+
+
 def parse_text(text, message, filename="<string>"):
     """Parse protobuf text into `message`, raising ProtoError with file:line:col."""
     try:

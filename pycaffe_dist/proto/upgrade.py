@@ -2,7 +2,12 @@
 
 * V1 nets (`layers { type: CONVOLUTION blobs_lr: 1 weight_decay: 1 }`) become
   `layer { type: "Convolution" param { lr_mult: 1 decay_mult: 1 } }`.
-* Net-level `input:` with `input_dim:` / `input_shape` becomes an Input layer.
+* V1 Data, ImageData and WindowData layers move scale, mean_file, crop_size
+  and mirror from their own parameter into `transform_param`.
+* Net-level `input:` with `input_dim:` / `input_shape` becomes an Input layer;
+  a bare `input:` (old .caffemodel files) is dropped.
+* BatchNorm layers declaring three `param`s (the old definition) get
+  lr_mult 0 and decay_mult 0 on each: the statistics are never learned.
 * Solvers with the `solver_type` enum get the string `type`.
 """
 from . import caffe_pb2
@@ -36,7 +41,26 @@ class UpgradeError(ProtoError):
     pass
 
 
+# V1 data layers whose parameter carried the transformation fields.
+_TRANSFORMED = {"DATA": "data_param", "IMAGE_DATA": "image_data_param", "WINDOW_DATA": "window_data_param"}
+_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+
+
+def _upgrade_data_transform(v1):
+    """Move V1 data layers' scale/mean_file/crop_size/mirror into transform_param."""
+    field = _TRANSFORMED.get(caffe_pb2.V1LayerParameter.LayerType.Name(v1.type))
+    if field is None or not v1.HasField(field):
+        return
+    params = getattr(v1, field)
+    for name in _TRANSFORM_FIELDS:
+        if params.HasField(name):
+            setattr(v1.transform_param, name, getattr(params, name))
+            params.ClearField(name)
+
+
 def _upgrade_v1_layer(v1, where):
+    v1 = caffe_pb2.V1LayerParameter.FromString(v1.SerializeToString())
+    _upgrade_data_transform(v1)
     layer = caffe_pb2.LayerParameter()
     for name in _SHARED:
         field = caffe_pb2.V1LayerParameter.DESCRIPTOR.fields_by_name[name]
@@ -86,8 +110,10 @@ def _upgrade_inputs(net, where):
                                % (where, len(net.input), len(net.input_shape)))
         shapes = [list(s.dim) for s in net.input_shape]
     else:
-        raise UpgradeError("%s: net inputs %s have no input_dim or input_shape"
-                           % (where, ", ".join(net.input)))
+        # Caffe's rule: inputs without shapes come from old .caffemodel
+        # files, where dropping them is all the upgrade there is.
+        del net.input[:]
+        return
     layer = caffe_pb2.LayerParameter(name="input", type="Input")
     layer.top.extend(net.input)
     for shape in shapes:
@@ -115,6 +141,12 @@ def upgrade_net(net, source=None):
     if len(net.input):
         _upgrade_inputs(net, where)
         changed = True
+    for layer in net.layer:
+        if layer.type == "BatchNorm" and len(layer.param) == 3:
+            if any(spec.lr_mult != 0 or spec.decay_mult != 0 for spec in layer.param):
+                for spec in layer.param:
+                    spec.lr_mult = spec.decay_mult = 0
+                changed = True
     return changed
 
 

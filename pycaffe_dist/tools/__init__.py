@@ -13,4 +13,7 @@ COMMANDS = (
     "draw_net",
     "parse_log",
     "plot_log",
+    "upgrade_net_proto_text",
+    "upgrade_net_proto_binary",
+    "upgrade_solver_proto_text",
 )
