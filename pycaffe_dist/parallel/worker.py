@@ -95,10 +95,12 @@ def train_worker(worker):
     if job.resume:
         solver.restore(job.resume)
         _restore_shard_nets(solver.net, nets, count)
-    start_iter, started = solver.iter, time.perf_counter()
+    start_iter, started, cpu = solver.iter, time.perf_counter(), time.process_time()
     solver.solve()
     seconds = time.perf_counter() - started
     report = _report(worker, job, solver, start_iter, seconds)
+    if not worker.threaded:     # process time counts every thread of the process
+        report["cpu_seconds"] = time.process_time() - cpu
     report["reduce_seconds"] = getattr(strategy, "reduce_seconds", 0.0)
     return report
 
