@@ -82,6 +82,12 @@ def exchange(comm, send, dest, recv, source, add, what, chunk=CHUNK_BYTES, wire=
         comm.waitall(sends, "%s: send to rank %d" % (what, dest), (dest,))
 
 
+def _name(comm, algorithm, buf):
+    """'ring allreduce of 68 values for layer ip2 at iteration 12': the start of failure messages."""
+    label = getattr(comm, "_label", None)
+    return label(algorithm, buf) if label is not None else algorithm
+
+
 def _round_to(buf, wire):
     if wire is not None and numpy.dtype(wire) != buf.dtype:
         buf[...] = buf.astype(wire)
@@ -97,13 +103,14 @@ def ring_allreduce(comm, buf, chunk=CHUNK_BYTES, wire=None):
     bounds = [flat.size * i // p for i in range(p + 1)]
     segment = lambda i: flat[bounds[i % p]:bounds[i % p + 1]]  # noqa: E731
     right, left = (r + 1) % p, (r - 1) % p
+    what = _name(comm, "ring allreduce", flat)
     for s in range(p - 1):          # after step s, segment r-s-1 holds s+2 ranks' sum
         exchange(comm, segment(r - s), right, segment(r - s - 1), left, True,
-                 "ring allreduce, reduce-scatter step %d" % s, chunk, wire)
+                 "%s, reduce-scatter step %d" % (what, s), chunk, wire)
     _round_to(segment(r + 1), wire)     # this rank now owns segment r+1's total
     for s in range(p - 1):
         exchange(comm, segment(r + 1 - s), right, segment(r - s), left, False,
-                 "ring allreduce, allgather step %d" % s, chunk, wire)
+                 "%s, allgather step %d" % (what, s), chunk, wire)
     return buf
 
 
@@ -131,7 +138,8 @@ def binomial_allreduce(comm, buf, chunk=CHUNK_BYTES, wire=None):
     wire_t = numpy.dtype(wire) if wire is not None else flat.dtype
     parent, children = _tree(comm.rank, comm.size)
     pieces = _pieces(flat.size, wire_t.itemsize, chunk)
-    what = "tree allreduce, reduce"
+    name = _name(comm, "tree allreduce", flat)
+    what = name + ", reduce"
     # Up: a window of pieces in flight from each child, each into its own slot.
     width = max(b - a for a, b in pieces)
     slots = {c: _scratch(comm, _WINDOW * width, wire_t, slot=i + 1).reshape(_WINDOW, width)
@@ -158,7 +166,7 @@ def binomial_allreduce(comm, buf, chunk=CHUNK_BYTES, wire=None):
     if parent is not None:
         comm.waitall(sends, "%s: send to rank %d" % (what, parent), (parent,))
     # Down: pieces arrive from the parent and are passed on at once.
-    what = "tree allreduce, broadcast"
+    what = name + ", broadcast"
     if parent is None:
         _round_to(flat, wire)
         landing = flat
@@ -191,7 +199,7 @@ def halving_doubling_allreduce(comm, buf, chunk=CHUNK_BYTES, wire=None):
     flat = buf.reshape(-1)
     p2 = 1 << (p.bit_length() - 1)
     extra = p - p2
-    what = "halving-doubling allreduce"
+    what = _name(comm, "halving-doubling allreduce", flat)
     if r < 2 * extra:
         if r % 2:
             exchange(comm, flat, r - 1, None, None, False, what + ", fold", chunk, wire)

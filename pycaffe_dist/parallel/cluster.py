@@ -25,7 +25,7 @@ import numpy
 from .. import backend
 from ..proto import io as proto_io
 from ..solvers.base import SNAPSHOT, STOP, Solver
-from . import cluster_config, mpi
+from . import cluster_config, guardian, mpi
 from .comm import CommError
 
 log = logging.getLogger("pycaffe_dist")
@@ -41,6 +41,7 @@ class RankResult:
     iterations: int = 0
     seconds: float = 0.0
     test_scores: list = None
+    weights: object = None    # a worker's final flat weights (a copy)
 
 
 def train(solver_path, resume=None, weights=(), action_request=None, setup=None, dtype=numpy.float32,
@@ -63,6 +64,7 @@ def train(solver_path, resume=None, weights=(), action_request=None, setup=None,
         config.ConfigError: settings that cannot run (raised on every rank,
             before any message is exchanged).
     """
+    guardian.protect()
     param = proto_io.read_solver(solver_path)
     size = comm.size if comm is not None else mpi.launched()[1]
     settings = cluster_config.from_solver(param, size, **overrides)
@@ -158,7 +160,8 @@ def _train_rank(comm, settings, param, solver_path, resume, weights, action_requ
     solver.solve()
     seconds = time.perf_counter() - started
     log.debug("rank %d done with %s", rank, type(strategy).__name__)
-    return RankResult(rank, "worker", solver.iter, solver.iter - start_iter, seconds, solver.last_test_scores)
+    return RankResult(rank, "worker", solver.iter, solver.iter - start_iter, seconds, solver.last_test_scores,
+                      backend.to_host(solver.net.flat_data).copy())
 
 
 def make_strategy(comm, settings):
@@ -190,6 +193,7 @@ class _Where:
 
     def on_start(self, solver):
         self.comm.where = "iteration %d" % solver.iter
+        guardian.report(self.comm.where)
 
     def on_gradients_ready(self, solver):
         pass

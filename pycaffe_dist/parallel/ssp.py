@@ -66,7 +66,7 @@ class StaleSynchronous(ClusterStrategy):
         sends = [self.comm.isend(mine, r, _DONE) for r in self.peers]
 
         def complete():
-            self._take(solver)
+            self._take(solver, limit=float("inf"))
             return all(done[r].Test() and self.applied[r] >= final[r][0] for r in self.peers)
         self.comm.poll(complete, self._waiting("the final clock %d" % self.clock), tuple(self.peers))
         self.comm.waitall(sends + [req for reqs, _ in self._sends for req in reqs], "ssp: final sends")
@@ -86,11 +86,18 @@ class StaleSynchronous(ClusterStrategy):
         self._take(solver)
         self._previous[...] = w
 
-    def _take(self, solver):
-        """Apply every peer update that has arrived; forget sends that completed."""
+    def _take(self, solver, limit=None):
+        """Apply the peer updates that have arrived, up to clock `limit` (this rank's); forget finished sends.
+
+        A peer may already be a clock ahead (it had this rank's update before
+        this rank saw its own); its newer update waits, so a rank never
+        computes on more of a peer's work than of its own, and s = 0 is
+        exactly BSP.
+        """
         w = solver.net.flat_data
+        limit = self.clock if limit is None else limit
         for r in self.peers:
-            while self._receives[r].Test():
+            while self.applied[r] < limit and self._receives[r].Test():
                 w -= self._incoming[r]
                 self._previous -= self._incoming[r]
                 self.applied[r] += 1

@@ -1,9 +1,10 @@
 """`pycaffe-dist train`: train a net from a solver prototxt (Caffe's `caffe train`)."""
 import logging
 import signal
+import sys
 
 from .. import backend, parallel
-from ..parallel import config as parallel_config, mpi
+from ..parallel import config as parallel_config, guardian, mpi
 from ..proto.io import read_solver
 from ..solvers import get_solver
 from ..solvers.base import SNAPSHOT, STOP
@@ -75,6 +76,8 @@ def main(argv):
     if args.weights and args.snapshot:
         raise UserError("give -weights or -snapshot, not both (Caffe's rule)")
     if mpi.launched():
+        if guardian.wanted():       # under Hydra: a guardian names this rank if it is killed
+            return guardian.run_guarded([sys.executable, "-m", "pycaffe_dist", "train"] + list(argv))
         return train_cluster(args)
     gpus = parse_gpus(args.gpu)
     try:

@@ -33,7 +33,7 @@ def environment(**extra):
     return env
 
 
-def run(n, args, timeout=60, cwd=None, env=None, check=True):
+def run(n, args, timeout=60, cwd=None, env=None, check=True, runner=True):
     """`mpiexec -n n python args...` (args[0] a program in programs/, or "-m" and a module); returns CompletedProcess.
 
     Raises AssertionError with the job's output when it fails (check) or
@@ -41,8 +41,8 @@ def run(n, args, timeout=60, cwd=None, env=None, check=True):
     """
     if args[0] != "-m":
         # mpi4py's runner aborts the whole job when a rank raises, instead of
-        # leaving the others waiting for it.
-        args = ["-m", "mpi4py", os.path.join(PROGRAMS, args[0])] + list(args[1:])
+        # leaving the others waiting for it (train_job.py does that itself).
+        args = (["-m", "mpi4py"] if runner else []) + [os.path.join(PROGRAMS, args[0])] + list(args[1:])
     command = [mpiexec_path(), "-n", str(n), sys.executable] + [str(a) for a in args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=cwd or ROOT, env=env or environment(), start_new_session=True)
