@@ -1,4 +1,4 @@
-"""Vision layers: Convolution, Pooling and LRN.
+"""Vision layers: Convolution, Deconvolution, Im2col and LRN (pooling is in pooling.py).
 
 The layers read and check their parameters the way Caffe does and hand the
 arithmetic to pycaffe_dist.ops, which keeps the speed-minded array code.
@@ -10,7 +10,6 @@ from ..proto import caffe_pb2
 from .base import Layer, register
 from .common import canonical_axis
 
-PoolMethod = caffe_pb2.PoolingParameter
 NormRegion = caffe_pb2.LRNParameter
 
 
@@ -43,11 +42,10 @@ def _conv_shape_field(layer, p, name, hw_names, num_axes, default):
     return _per_axis(layer, name, getattr(p, name), num_axes, default)
 
 
-@register
-class Convolution(Layer):
-    """Caffe's Convolution: N-D, grouped, dilated; one top per bottom, weights shared."""
+class _ConvolutionBase(Layer):
+    """What Convolution, Deconvolution and Im2col share: convolution_param's
+    kernel, stride, pad and dilation per spatial axis after the channel axis."""
 
-    type = "Convolution"
     min_bottom = 1
     min_top = 1
 
@@ -70,13 +68,46 @@ class Convolution(Layer):
                                     ("dilation", dilation, 1), ("pad", pad, 0)):
             if min(values) < least:
                 raise self.error(f"{name} must be at least {least}, got {values}")
-        self._check_channels(p, shape[self.axis])
-        self.op = ops.Convolution(ops.ConvGeometry(kernel, stride, pad, dilation), p.group)
-        self._make_blobs(p, kernel)
-        self.param_propagate_down = [True] * len(self.blobs)
+        self.geometry = ops.ConvGeometry(kernel, stride, pad, dilation)
+        self.channels = int(shape[self.axis])
+        self.setup_op(p, bottom)
 
-    def _check_channels(self, p, channels):
-        self.num_output, self.group, self.channels = int(p.num_output), int(p.group), int(channels)
+    def setup_op(self, p, bottom):
+        raise NotImplementedError
+
+    def top_spatial(self, spatial):
+        """The top's spatial shape for a bottom's."""
+        return self.geometry.out_shape(spatial)
+
+    def top_channels(self):
+        raise NotImplementedError
+
+    def reshape(self, bottom, top):
+        shape = tuple(bottom[0].shape)
+        for i, b in enumerate(bottom[1:], 1):
+            if tuple(b.shape) != shape:
+                raise self.error(f"all bottoms need one shape: bottom[0] is {shape}, bottom[{i}] is {b.shape}")
+        g = self.geometry
+        if len(shape) != self.axis + 1 + len(g.kernel) or shape[self.axis] != self.channels:
+            raise self.error(f"bottom {shape} does not match the setup (channels {self.channels} at axis "
+                             f"{self.axis}, {len(g.kernel)} spatial axes)")
+        spatial = shape[self.axis + 1:]
+        out = self.top_spatial(spatial)
+        if min(out) < 1:
+            raise self.error(f"input {spatial} (pad {g.pad}) is smaller than the kernel {g.kernel} "
+                             f"(dilation {g.dilation})")
+        self.num = int(numpy.prod(shape[:self.axis], dtype=numpy.int64))
+        self.in_shape = (self.num, self.channels) + tuple(spatial)
+        self.out_shape = (self.num, self.top_channels()) + tuple(out)
+        for t in top:
+            t.reshape(shape[:self.axis] + self.out_shape[1:])
+
+
+class _WeightedConvolution(_ConvolutionBase):
+    """Convolution and Deconvolution: num_output, group, weights and bias."""
+
+    def setup_op(self, p, bottom):
+        self.num_output, self.group = int(p.num_output), int(p.group)
         if self.num_output <= 0:
             raise self.error("convolution_param.num_output must be positive")
         if self.group <= 0:
@@ -86,9 +117,17 @@ class Convolution(Layer):
         if self.num_output % self.group:
             raise self.error(f"num_output {self.num_output} is not divisible by group {self.group}")
         self.bias_term = bool(p.bias_term)
+        self.op = ops.Convolution(self.geometry, self.group)
+        self._make_blobs(p, self.weight_shape())
+        self.param_propagate_down = [True] * len(self.blobs)
 
-    def _make_blobs(self, p, kernel):
-        wshape = (self.num_output, self.channels // self.group) + tuple(kernel)
+    def weight_shape(self):
+        raise NotImplementedError
+
+    def top_channels(self):
+        return self.num_output
+
+    def _make_blobs(self, p, wshape):
         if not self.blobs:  # weights may come from elsewhere (shared, loaded)
             self.blobs = [self.make_blob(wshape, p.weight_filler)]
             if self.bias_term:
@@ -98,25 +137,23 @@ class Convolution(Layer):
         if got != expected:
             raise self.error(f"parameter blobs have shapes {got}, expected {expected}")
 
-    def reshape(self, bottom, top):
-        shape = tuple(bottom[0].shape)
-        for i, b in enumerate(bottom[1:], 1):
-            if tuple(b.shape) != shape:
-                raise self.error(f"all bottoms need one shape: bottom[0] is {shape}, bottom[{i}] is {b.shape}")
-        if len(shape) != self.axis + 1 + len(self.op.geometry.kernel) or shape[self.axis] != self.channels:
-            raise self.error(f"bottom {shape} does not match the setup (channels {self.channels} at axis "
-                             f"{self.axis}, {len(self.op.geometry.kernel)} spatial axes)")
-        spatial = shape[self.axis + 1:]
-        out = self.op.geometry.out_shape(spatial)
-        if min(out) < 1:
-            g = self.op.geometry
-            raise self.error(f"input {spatial} (pad {g.pad}) is smaller than the kernel {g.kernel} "
-                             f"(dilation {g.dilation})")
-        self.num = int(numpy.prod(shape[:self.axis], dtype=numpy.int64))
-        self.in_shape = (self.num, self.channels) + tuple(spatial)
-        self.out_shape = (self.num, self.num_output) + tuple(out)
-        for t in top:
-            t.reshape(shape[:self.axis] + (self.num_output,) + tuple(out))
+    def _gradient_targets(self):
+        """(dweight, dbias), None where the parameter is not learned."""
+        dweight = self.blobs[0].diff if self.param_propagate_down[0] else None
+        dbias = None
+        if self.bias_term and self.param_propagate_down[1]:
+            dbias = self.blobs[1].diff
+        return dweight, dbias
+
+
+@register
+class Convolution(_WeightedConvolution):
+    """Caffe's Convolution: N-D, grouped, dilated; one top per bottom, weights shared."""
+
+    type = "Convolution"
+
+    def weight_shape(self):
+        return (self.num_output, self.channels // self.group) + self.geometry.kernel
 
     def forward(self, bottom, top):
         bias = self.blobs[1].data if self.bias_term else None
@@ -125,113 +162,80 @@ class Convolution(Layer):
             self.op.forward(x, self.blobs[0].data, bias, t.data.reshape(self.out_shape))
 
     def backward(self, top, propagate_down, bottom):
-        weight = self.blobs[0]
-        dweight = weight.diff if self.param_propagate_down[0] else None
-        dbias = None
-        if self.bias_term and self.param_propagate_down[1]:
-            dbias = self.blobs[1].diff
+        dweight, dbias = self._gradient_targets()
         for i, (b, t) in enumerate(zip(bottom, top)):
             dx = b.diff.reshape(self.in_shape) if propagate_down[i] else None
             self.op.backward(b.data.reshape(self.in_shape), t.diff.reshape(self.out_shape),
-                             weight.data, dweight, dbias, dx)
-
-
-def _pool_field(layer, p, name, default):
-    """kernel/pad/stride of PoolingParameter as (h, w), Caffe's rules: the
-    square field or both _h and _w, never a mix; `default` when none is given
-    (None: required)."""
-    h_name, w_name = f"{name}_h", f"{name}_w"
-    if name == "kernel":
-        name = "kernel_size"
-    has_one = p.HasField(name)
-    has_h, has_w = p.HasField(h_name), p.HasField(w_name)
-    if has_one and (has_h or has_w):
-        raise layer.error(f"give either {name} or {h_name} and {w_name}, not both")
-    if has_h != has_w:
-        raise layer.error(f"{h_name} and {w_name} must be given together")
-    if has_h:
-        return int(getattr(p, h_name)), int(getattr(p, w_name))
-    if has_one or default is None:
-        if not has_one:
-            raise layer.error(f"{name} (or {h_name} and {w_name}) is required")
-        return (int(getattr(p, name)),) * 2
-    return (default, default)
+                             self.blobs[0].data, dweight, dbias, dx)
 
 
 @register
-class Pooling(Layer):
-    """Caffe's Pooling: MAX (optional second top: the argmax mask) or AVE,
-    Caffe's round-up output size, padding, global pooling."""
+class Deconvolution(_WeightedConvolution):
+    """Caffe's Deconvolution: the transpose of a Convolution whose input is
+    this layer's top. Weights are (channels, num_output / group, *kernel) and
+    the top is stride * (in - 1) + dilation * (kernel - 1) + 1 - 2 * pad.
 
-    type = "Pooling"
-    exact_num_bottom = 1
-    min_top = 1
-    max_top = 2
+    Forward is that convolution's input gradient; backward is its forward
+    (for the bottom gradient) and its weight gradient with the roles of data
+    and gradient swapped.
+    """
 
-    def layer_setup(self, bottom, top):
-        p = self.param.pooling_param
-        self.method = p.pool
-        if self.method == PoolMethod.STOCHASTIC:
-            raise self.error("STOCHASTIC pooling is not implemented; use MAX or AVE")
-        if len(top) == 2 and self.method != PoolMethod.MAX:
-            raise self.error("only MAX pooling has a second (mask) top")
-        if len(bottom[0].shape) != 4:
-            raise self.error(f"bottom must have 4 axes (num, channels, height, width), got {bottom[0].shape}")
-        if top[0] is bottom[0]:
-            raise self.error("in-place pooling is not supported; give the top its own name")
-        self.global_pooling = bool(p.global_pooling)
-        if self.global_pooling:
-            if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
-                raise self.error("with global_pooling the kernel size cannot be given")
-            self.kernel = None
-        else:
-            self.kernel = _pool_field(self, p, "kernel", None)
-            if min(self.kernel) < 1:
-                raise self.error(f"kernel size must be positive, got {self.kernel}")
-        self.pad = _pool_field(self, p, "pad", int(p.pad))
-        self.stride = _pool_field(self, p, "stride", int(p.stride))
-        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
-            raise self.error("with global_pooling only pad 0 and stride 1 are allowed")
-        if min(self.stride) < 1:
-            raise self.error(f"stride must be positive, got {self.stride}")
-        if self.kernel and any(pd >= k for pd, k in zip(self.pad, self.kernel)):
-            raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
-        self.ceil_mode = p.round_mode == caffe_pb2.PoolingParameter.CEIL
-        self._geometry_key = None
+    type = "Deconvolution"
 
-    def reshape(self, bottom, top):
-        n, c, h, w = bottom[0].shape
-        kernel = (h, w) if self.global_pooling else self.kernel
-        out = tuple(ops.pooled_size(size, k, s, pd, self.ceil_mode)
-                    for size, k, s, pd in zip((h, w), kernel, self.stride, self.pad))
-        if min(out) < 1:
-            raise self.error(f"input {h}x{w} (pad {self.pad}) is smaller than the kernel {kernel}")
-        key = ((h, w), kernel, out)
-        if key != self._geometry_key:
-            self.op = self._make_op(kernel, (h, w), out)
-            self._geometry_key = key
-        for t in top:
-            t.reshape((n, c) + out)
+    def weight_shape(self):
+        return (self.channels, self.num_output // self.group) + self.geometry.kernel
 
-    def _make_op(self, kernel, in_size, out):
-        if self.global_pooling and self.method == PoolMethod.MAX:
-            return ops.GlobalMaxPooling()
-        geometry = ops.PoolGeometry(kernel, self.stride, self.pad, in_size, out)
-        if self.method == PoolMethod.MAX:
-            return ops.MaxPooling(geometry)
-        return ops.AveragePooling(geometry)
+    def top_spatial(self, spatial):
+        return self.geometry.in_shape(spatial)
 
     def forward(self, bottom, top):
-        # The argmax is only needed to learn; a TEST forward skips it (backward
-        # recomputes it if asked) unless the mask top wants it.
-        track = self.phase == caffe_pb2.TRAIN or len(top) == 2
-        self.op.forward(bottom[0].data, top[0].data, track=track)
-        if len(top) == 2:
-            self.op.mask(top[1].data)
+        for b, t in zip(bottom, top):
+            y = t.data.reshape(self.out_shape)
+            self.op.backward_data(b.data.reshape(self.in_shape), self.blobs[0].data, y)
+            if self.bias_term:
+                y += self.blobs[1].data.reshape((-1,) + (1,) * (y.ndim - 2))
 
     def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            self.op.backward(top[0].diff, bottom[0].diff, bottom[0].data)
+        dweight, dbias = self._gradient_targets()
+        weight = self.blobs[0].data
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy = t.diff.reshape(self.out_shape)
+            if dbias is not None:
+                dbias += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+            if propagate_down[i]:
+                self.op.forward(dy, weight, None, b.diff.reshape(self.in_shape))
+            if dweight is not None:
+                # The convolution's input is dy and its output gradient our bottom.
+                self.op.backward(dy, b.data.reshape(self.in_shape), weight, dweight=dweight)
+
+
+@register
+class Im2col(_ConvolutionBase):
+    """Caffe's Im2col: the column matrix of a convolution as a blob,
+    (N, C * kernel volume, *out), channel-major rows as Caffe orders them."""
+
+    type = "Im2col"
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup_op(self, p, bottom):
+        self.op = ops.Im2col(self.geometry)
+
+    def top_channels(self):
+        return self.channels * self.geometry.kernel_volume()
+
+    def _columns(self, blob_array):
+        g = self.geometry
+        return blob_array.reshape((self.num, self.channels) + g.kernel + self.out_shape[2:])
+
+    def forward(self, bottom, top):
+        for b, t in zip(bottom, top):
+            self.op.forward(b.data.reshape(self.in_shape), self._columns(t.data))
+
+    def backward(self, top, propagate_down, bottom):
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if propagate_down[i]:
+                self.op.backward(self._columns(t.diff), b.diff.reshape(self.in_shape))
 
 
 @register

@@ -57,6 +57,12 @@ class ConvGeometry:
         return tuple(conv_out_size(size, k, s, p, d) for size, k, s, p, d
                      in zip(spatial, self.kernel, self.stride, self.pad, self.dilation))
 
+    def in_shape(self, out):
+        """The input size whose output is `out` with no remainder: what a
+        Deconvolution produces, stride*(out-1) + dilation*(k-1) + 1 - 2*pad."""
+        return tuple(s * (o - 1) + d * (k - 1) + 1 - 2 * p for o, k, s, p, d
+                     in zip(out, self.kernel, self.stride, self.pad, self.dilation))
+
     def padded_shape(self, spatial):
         return tuple(size + 2 * p for size, p in zip(spatial, self.pad))
 
@@ -289,6 +295,11 @@ class Convolution:
             yt = self._matrix("y", o, longest, col.shape[1], x.dtype, xp)
             self._gemm_forward(xp, weight, col, yt)
             self._write_output(xp, yt, y, r0, r1, out, bias)
+
+    def backward_data(self, dy, weight, dx):
+        """dx = the transposed convolution of dy (Deconvolution's forward);
+        dx only gives the input shape here, and is overwritten."""
+        self.backward(dx, dy, weight, dx=dx)
 
     def backward(self, x, dy, weight, dweight=None, dbias=None, dx=None):
         """Add the weight/bias gradients into dweight/dbias and write dx (each

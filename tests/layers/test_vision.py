@@ -390,7 +390,7 @@ def test_max_pooling_backward_after_a_test_forward():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ("pool: STOCHASTIC kernel_size: 2", "STOCHASTIC"),
+    ("pool: STOCHASTIC kernel_size: 3 pad: 1", "not STOCHASTIC"),
     ("stride: 2", "kernel_size"),
     ("kernel_size: 2 kernel_h: 2 kernel_w: 2", "not both"),
     ("kernel_h: 2", "together"),

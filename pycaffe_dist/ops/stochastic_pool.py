@@ -1,0 +1,103 @@
+"""Caffe's STOCHASTIC pooling (Zeiler & Fergus 2013) over (N, C, H, W).
+
+TRAIN picks one element per window with probability proportional to its
+value (the inputs are activations after a ReLU, so non-negative) and
+remembers which; TEST outputs the probability-weighted average
+sum(x^2) / sum(x). There is no padding, as in Caffe; windows that hang over
+the bottom or right edge (Caffe's rounded-up output size) are clipped.
+
+The windows are copied once into (planes, OH, OW, kh*kw) in Caffe's
+row-major window order; zeros stand in for the overhang, which neither
+changes a window's sum nor can be picked (a running sum only reaches the
+threshold at an element that adds to it).
+"""
+import itertools
+
+import numpy
+
+from .. import backend
+from .workspace import Workspace
+
+
+class StochasticPooling:
+    """Sampling in TRAIN, weighted average in TEST, and their gradients."""
+
+    def __init__(self, geometry):
+        if any(geometry.pad):
+            raise ValueError("stochastic pooling has no padding")
+        self.geometry = geometry
+        self.workspace = Workspace()
+        self.train = True
+
+    def _padded_size(self):
+        g = self.geometry
+        return tuple(max(size, (o - 1) * s + k)
+                     for size, o, s, k in zip(g.in_size, g.out_size, g.stride, g.kernel))
+
+    def _windows(self, x):
+        """(planes, OH, OW, kh*kw): each window's elements, row-major."""
+        xp = backend.get_array_module(x)
+        g = self.geometry
+        n, c, h, w = x.shape
+        padded = self.workspace.get("padded", (n * c,) + self._padded_size(), x.dtype, xp, fill=0)
+        padded[:, :h, :w] = x.reshape(n * c, h, w)
+        st = padded.strides
+        view = xp.lib.stride_tricks.as_strided(
+            padded, (n * c,) + g.out_size + g.kernel,
+            (st[0], st[1] * g.stride[0], st[2] * g.stride[1], st[1], st[2]))
+        windows = self.workspace.get("windows", (n * c,) + g.out_size + (g.kernel[0] * g.kernel[1],), x.dtype, xp)
+        xp.copyto(windows.reshape(view.shape), view)
+        return windows
+
+    @staticmethod
+    def _weighted_average(xp, windows):
+        """(sum, sum > 0, sum(x^2) / sum) per window; where the sum is not
+        positive it reads 1 and the average 0 (Caffe's choice)."""
+        total = windows.sum(axis=-1)
+        positive = total > 0
+        total = xp.where(positive, total, 1)
+        squares = xp.einsum("...k,...k->...", windows, windows)
+        return total, positive, xp.where(positive, squares / total, 0)
+
+    def forward(self, x, y, train=True, uniform=None):
+        """TRAIN: y = the sampled element of each window; TEST: y = the
+        weighted average. `uniform` (planes, OH, OW) in [0, 1) picks the
+        samples; by default it is drawn from the run's random stream."""
+        xp = backend.get_array_module(x)
+        self.train = train
+        windows = self._windows(x)
+        if not train:
+            _, _, average = self._weighted_average(xp, windows)
+            y.reshape(average.shape)[...] = average
+            return
+        if uniform is None:
+            uniform = backend.rng.generator.random(windows.shape[:-1], dtype=numpy.float32)
+        running = xp.cumsum(windows, axis=-1)
+        threshold = backend.to_device(uniform, xp).astype(x.dtype) * running[..., -1]
+        # The first element whose running sum reaches the threshold (Caffe's
+        # loop); argmax of an all-False row gives 0, the window's first element.
+        self.choice = xp.argmax(running >= threshold[..., None], axis=-1)
+        y.reshape(self.choice.shape)[...] = xp.take_along_axis(windows, self.choice[..., None], axis=-1)[..., 0]
+
+    def backward(self, dy, dx, x=None):
+        """dx: TRAIN routes each window's gradient to its sampled element;
+        TEST is the gradient of sum(x^2) / sum(x) (zero where the sum is 0)."""
+        xp = backend.get_array_module(dy)
+        g = self.geometry
+        n, c, h, w = dx.shape
+        grad = dy.reshape(n * c, *g.out_size)[..., None]
+        if self.train:
+            taken = self.choice[..., None] == xp.arange(g.kernel[0] * g.kernel[1])
+            parts = grad * taken
+        else:
+            # d/dx_k of sum(x^2) / sum(x) is (2 x_k - average) / sum; where the
+            # average is 0 by definition (sum <= 0) the gradient is 0 too.
+            windows = self._windows(x)
+            total, positive, average = self._weighted_average(xp, windows)
+            parts = grad * (2 * windows - average[..., None]) / total[..., None] * positive[..., None]
+        padded = self.workspace.get("grad", (n * c,) + self._padded_size(), dx.dtype, xp)
+        padded.fill(0)
+        (oh, ow), (sh, sw), kw = g.out_size, g.stride, g.kernel[1]
+        for i, j in itertools.product(range(g.kernel[0]), range(kw)):
+            padded[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] += parts[..., i * kw + j]
+        dx[...] = padded[:, :h, :w].reshape(dx.shape)
