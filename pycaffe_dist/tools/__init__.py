@@ -4,6 +4,7 @@ COMMANDS = (
     "train",
     "test",
     "time",
+    "simulate",
     "device_query",
     "convert_mnist_data",
     "convert_imageset",
