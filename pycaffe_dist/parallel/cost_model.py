@@ -12,6 +12,11 @@ Per synchronisation of n bytes over p workers:
 FireCaffe (Iandola et al., CVPR 2016) writes the first two in bits over a
 bandwidth: 32 |W| p / BW for the server, 2 * 32 |W| log2(p) / BW for the
 tree. The strategies' costs follow from how often and how much they send.
+
+With more ranks than cores on one machine (Network.cores), the ranks that
+copy and add at the same time share the cores, so each step's byte terms
+grow by active ranks / cores: every rank is busy at every step of the ring
+and of halving-doubling, only p / 2^k ranks at level k of the tree.
 """
 import math
 from dataclasses import dataclass
@@ -21,11 +26,16 @@ ALLREDUCE_ALGORITHMS = ("ps", "binomial", "ring", "halving_doubling")
 
 @dataclass(frozen=True)
 class Network:
-    """alpha: seconds per message; beta: seconds per byte; gamma: seconds per byte summed."""
+    """alpha: seconds per message; beta: seconds per byte; gamma: seconds per byte summed; cores: 0 = one per rank."""
 
     alpha: float = 5e-6
     beta: float = 1 / 10e9
     gamma: float = 0.0
+    cores: int = 0
+
+    def crowding(self, active):
+        """How much slower byte work runs when `active` ranks share the cores."""
+        return max(1.0, active / self.cores) if self.cores else 1.0
 
     @classmethod
     def from_bandwidth(cls, gbit_per_s, latency_us=5.0, gamma=0.0):
@@ -36,13 +46,16 @@ def allreduce_seconds(algorithm, n_bytes, p, net, servers=1):
     """Seconds to sum n_bytes over p workers with `algorithm` (ALLREDUCE_ALGORITHMS, or "mpi")."""
     if p <= 1:
         return 0.0
-    a, b, g, n = net.alpha, net.beta, net.gamma, float(n_bytes)
+    a, n = net.alpha, float(n_bytes)
     log_p = math.ceil(math.log2(p))
     if algorithm == "ps":
         # Every worker pushes and fetches its shard of each server; a server's link carries 2p messages.
-        return 2 * p * (a + n / servers * b) + p * n / servers * g
+        return 2 * p * (a + n / servers * net.beta) + p * n / servers * net.gamma
     if algorithm == "binomial":
-        return 2 * log_p * (a + n * b) + log_p * n * g
+        level = [net.crowding(p / 2 ** k) for k in range(log_p)]    # ranks at work on each level
+        return 2 * log_p * a + sum(level) * n * (2 * net.beta + net.gamma)
+    f = net.crowding(p)
+    b, g = net.beta * f, net.gamma * f
     if algorithm == "ring":
         return 2 * (p - 1) * a + 2 * (p - 1) / p * n * b + (p - 1) / p * n * g
     if algorithm in ("halving_doubling", "mpi"):
