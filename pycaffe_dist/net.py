@@ -144,7 +144,7 @@ class Net:
         self.params = OrderedDict()
         self.learnable = []            # ParamInfo of owners, in order
         owners = {}                    # ParamSpec.name -> ParamInfo
-        for li, (layer, lp) in enumerate(zip(self.layers, self.param.layer)):
+        for layer, lp in zip(self.layers, self.param.layer):
             if not layer.blobs:
                 continue
             layer.param_propagate_down = [True] * len(layer.blobs)

@@ -5,7 +5,6 @@ smaller batches to keep the suite quick) and cifar10_quick's learning rate
 (0.01 rather than 0.001, to learn in 80 iterations) differ.
 """
 import numpy
-import pytest
 from google.protobuf import text_format
 
 from pycaffe_dist.proto import caffe_pb2

@@ -3,7 +3,7 @@ import logging
 import time as _time
 
 from .. import backend
-from ..net import TRAIN, Net
+from ..net import Net
 from .common import parse_gpus, parser, user_errors
 
 log = logging.getLogger("pycaffe_dist")
