@@ -58,9 +58,11 @@ class Settings:
     def checked(self):
         """These settings with defaults filled in; raises ConfigError when they conflict."""
         s = self
-        if s.strategy in MPI_STRATEGIES or s.algorithm in MPI_ALGORITHMS:
+        if s.strategy in MPI_STRATEGIES or (s.algorithm in MPI_ALGORITHMS and (s.workers > 1 or s.gpus)):
             raise ConfigError("%s runs over MPI: launch with `mpiexec -n N pycaffe-dist train --solver ...`"
                               % (s.strategy if s.strategy in MPI_STRATEGIES else "algorithm " + s.algorithm))
+        if s.algorithm in MPI_ALGORITHMS:
+            s = replace(s, algorithm="mpi")      # one worker reduces nothing: a cluster solver runs alone too
         if s.strategy not in STRATEGIES:
             raise ConfigError("unknown parallel strategy %r (known: %s)" % (s.strategy, ", ".join(STRATEGIES)))
         if s.gpus:

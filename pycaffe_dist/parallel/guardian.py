@@ -22,8 +22,9 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, sign
 
 def wanted():
     """Whether this process should become a guardian: a Hydra rank (PMI_FD set), not yet guarded, MPI not started."""
-    return ("PMI_FD" in os.environ and _CHANNEL not in os.environ and os.environ.get("PMI_SIZE", "1") != "1"
-            and "mpi4py.MPI" not in sys.modules)
+    # MPI_LOCALNRANKS marks Hydra; srun names a killed task itself, and Open MPI its rank.
+    return ("PMI_FD" in os.environ and "MPI_LOCALNRANKS" in os.environ and _CHANNEL not in os.environ
+            and os.environ.get("PMI_SIZE", "1") != "1" and "mpi4py.MPI" not in sys.modules)
 
 
 def run_guarded(command):
