@@ -56,7 +56,7 @@ def worker_counts(largest):
     return counts + [largest]
 
 
-def measure(solver_path):
+def measure(solver_path, time_it=True):
     """(parameters, forward+backward seconds, backward share) of the solver's train net, run here."""
     from ..net import TRAIN, Net
     from ..parallel.shards import train_net_param
@@ -64,6 +64,8 @@ def measure(solver_path):
     param = read_solver(solver_path)
     net_param, state = train_net_param(param, os.path.dirname(os.path.abspath(solver_path)))
     net = Net(net_param, TRAIN, state.level, list(state.stage))
+    if not time_it:
+        return net.flat_data.size, None, 2 / 3
     try:
         fwd, bwd, total = time_net(net, 5)
     except Exception as e:
@@ -81,7 +83,7 @@ def main(argv):
         raise UserError("give --solver, or both --params and --compute_ms")
     params, compute_s, backward = (args.params, None, 2 / 3)
     if args.solver and (args.params is None or args.compute_ms is None):
-        measured = measure(args.solver)
+        measured = measure(args.solver, time_it=args.compute_ms is None)
         params = params if params is not None else measured[0]
         compute_s, backward = measured[1], measured[2]
     if args.compute_ms is not None:
