@@ -8,9 +8,14 @@ inside the workers, from the first iteration to the last, so process start
 and data loading do not count; for Hogwild the samples of all workers are
 divided by the slowest worker's time. "exchange" is the share of a sync
 worker's time spent in the gradient exchange that backward did not hide,
-waiting for a slower peer included; "cpu/wall" is the CPU time a worker
-process got per second (below 1.0 per BLAS thread: it waited for a core,
-which on a shared machine means other load).
+waiting for a slower peer included. "cpu/wall" is the CPU time a worker
+got per second of its run: below 1.0 (per BLAS thread) it waited for a
+core, which on a shared machine means other load, and the wall-clock ratios
+then say little. "per cpu-s" is samples per CPU-second of all workers and
+"eff." that figure over the 1-worker 1-thread one: the parallel efficiency,
+which other load does not change, so N workers x eff. is the speedup to
+expect on N idle cores (waiting for a slow peer costs no CPU, so it is an
+upper bound when workers are unevenly loaded).
 
     .venv/bin/python bench/bench_parallel.py [--net lenet|mlp] [--iters 200] [--batch 64]
         [--modes single1,single2,hogwild_threads,hogwild_processes,sync,sync_whole,sync_tree]
@@ -85,9 +90,8 @@ def run_mode(mode, solver_path, batch):
     seconds = max(r["seconds"] for r in reports)
     # Share of the step spent in the gradient exchange (waiting for peers included).
     exchange = statistics.mean(r.get("reduce_seconds", 0.0) / r["seconds"] for r in reports)
-    # CPU time per wall second of a worker process: below 1 it was waiting for a core.
-    cpu = [r["cpu_seconds"] / r["seconds"] for r in reports if "cpu_seconds" in r]
-    return samples / seconds, exchange, statistics.mean(cpu) if cpu else float("nan")
+    cpu = sum(r["cpu_seconds"] for r in reports)
+    return samples / seconds, exchange, cpu / sum(r["seconds"] for r in reports), samples / cpu
 
 
 def main():
@@ -117,23 +121,29 @@ def main():
     measured = {mode: [] for mode in modes}
     shares = {mode: [] for mode in modes}
     cpus = {mode: [] for mode in modes}
+    per_cpu = {mode: [] for mode in modes}
     for _ in range(args.repeat):
         for mode in modes:
-            rate, share, cpu = run_mode(mode, solver, args.batch)
+            rate, share, cpu, samples_per_cpu = run_mode(mode, solver, args.batch)
             measured[mode].append(rate)
             shares[mode].append(share)
             cpus[mode].append(cpu)
+            per_cpu[mode].append(samples_per_cpu)
             print("  measured %-36s %9.1f samples/s" % (MODES[mode][0], rate), file=sys.stderr, flush=True)
     rates = {mode: statistics.median(values) for mode, values in measured.items()}
     base1, base2 = rates.get("single1"), rates.get("single2")
     print("%s, batch %d per worker, %d iterations per worker, %d cores, median of %d"
           % (args.net, args.batch, args.iters, os.cpu_count(), args.repeat))
-    print("%-36s %10s %9s %9s %9s %9s" % ("mode", "samples/s", "vs 1w/1t", "vs 1w/2t", "exchange", "cpu/wall"))
+    print("%-36s %10s %9s %9s %9s %8s %10s %9s" % ("mode", "samples/s", "vs 1w/1t", "vs 1w/2t", "exchange",
+                                                  "cpu/wall", "per cpu-s", "eff."))
+    cpu1 = statistics.median(per_cpu["single1"]) if "single1" in per_cpu else None
     for mode in modes:
         r = rates[mode]
-        print("%-36s %10.1f %9s %9s %8.1f%% %9.2f" % (
+        efficiency = statistics.median(per_cpu[mode]) / cpu1 if cpu1 else float("nan")
+        print("%-36s %10.1f %9s %9s %8.1f%% %8.2f %10.1f %9.2f" % (
             MODES[mode][0], r, "%.2fx" % (r / base1) if base1 else "-", "%.2fx" % (r / base2) if base2 else "-",
-            100 * statistics.median(shares[mode]), statistics.median(cpus[mode])))
+            100 * statistics.median(shares[mode]), statistics.median(cpus[mode]),
+            statistics.median(per_cpu[mode]), efficiency))
     return 0
 
 

@@ -95,12 +95,13 @@ def train_worker(worker):
     if job.resume:
         solver.restore(job.resume)
         _restore_shard_nets(solver.net, nets, count)
-    start_iter, started, cpu = solver.iter, time.perf_counter(), time.process_time()
+    # CPU time: the whole process's (all its threads) or, for a worker thread, its own.
+    cpu_clock = time.thread_time if worker.threaded else time.process_time
+    start_iter, started, cpu = solver.iter, time.perf_counter(), cpu_clock()
     solver.solve()
     seconds = time.perf_counter() - started
     report = _report(worker, job, solver, start_iter, seconds)
-    if not worker.threaded:     # process time counts every thread of the process
-        report["cpu_seconds"] = time.process_time() - cpu
+    report["cpu_seconds"] = cpu_clock() - cpu
     report["reduce_seconds"] = getattr(strategy, "reduce_seconds", 0.0)
     return report
 
