@@ -20,6 +20,7 @@ upper bound when workers are unevenly loaded).
     .venv/bin/python bench/bench_parallel.py [--net lenet|mlp] [--iters 200] [--batch 64]
         [--modes single1,single2,hogwild_threads,hogwild_processes,sync,sync_whole,sync_tree]
         [--repeat 1]
+    .venv/bin/python bench/bench_parallel.py --allreduce 1,10,50 [--ranks 2]
 """
 import argparse
 import os
@@ -94,6 +95,40 @@ def run_mode(mode, solver_path, batch):
     return samples / seconds, exchange, cpu / sum(r["seconds"] for r in reports), samples / cpu
 
 
+def time_allreduce(worker):
+    """Median seconds of one float32 allreduce of each size (millions), loopback and P2P tree."""
+    import time
+    import numpy
+    from pycaffe_dist.parallel.p2p_tree import tree_allreduce
+    comm = worker.comm()
+    out = {}
+    for millions in worker.payload:
+        buf = numpy.ones(int(millions * 1e6), numpy.float32)
+        scratch = numpy.empty_like(buf)
+        for name in ("loopback", "p2p_tree"):
+            times = []
+            for _ in range(5):
+                comm.barrier()
+                t = time.perf_counter()
+                if name == "loopback":
+                    comm.allreduce(buf)
+                else:
+                    tree_allreduce(comm, buf, scratch)
+                times.append(time.perf_counter() - t)
+            out[millions, name] = statistics.median(times)
+    return out
+
+
+def allreduce_table(sizes, ranks):
+    from pycaffe_dist.parallel import LoopbackGroup, run_workers
+    results = run_workers(time_allreduce, ranks, payload=sizes, group=LoopbackGroup(ranks, processes=True))
+    print("%d processes, float32, median of 5 (ms, the slowest rank's)" % ranks)
+    print("%-8s %-10s %10s" % ("size", "algorithm", "ms"))
+    for millions in sizes:
+        for name in ("loopback", "p2p_tree"):
+            print("%-8s %-10s %10.2f" % ("%gM" % millions, name, 1000 * max(r[millions, name] for r in results)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--net", default="lenet", choices=("lenet", "mlp"))
@@ -101,7 +136,12 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--modes", default="single1,single2,hogwild_threads,hogwild_processes,sync,sync_whole")
     ap.add_argument("--repeat", type=int, default=1, help="runs per mode; the median is shown")
+    ap.add_argument("--allreduce", help="instead: time allreduce of these sizes (millions of floats), e.g. 1,10,50")
+    ap.add_argument("--ranks", type=int, default=2, help="--allreduce: processes")
     args = ap.parse_args()
+    if args.allreduce:
+        allreduce_table([float(v) for v in args.allreduce.split(",")], args.ranks)
+        return 0
     modes = args.modes.split(",")
     if not os.path.isdir(FASHION):
         print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)", file=sys.stderr)
