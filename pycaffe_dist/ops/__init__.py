@@ -1,11 +1,10 @@
-"""Array kernels behind the layers: convolution (im2col + GEMM), pooling, LRN.
+"""Array kernels behind the layers: convolution (im2col + GEMM), im2col, pooling, LRN.
 
 Each op is written once with `xp` (numpy or cupy) and keeps its scratch
 buffers in a Workspace so a training step allocates nothing in steady state.
 """
 from .conv import ConvGeometry, Convolution, conv_out_size  # noqa: F401
 from .im2col import Im2col  # noqa: F401
-from .layout import from_batch_last, to_batch_last  # noqa: F401
 from .lrn import LRN  # noqa: F401
 from .pooling import (AveragePooling, GlobalMaxPooling, MaxPooling, PoolGeometry,  # noqa: F401
                       pooled_size)

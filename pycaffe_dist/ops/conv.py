@@ -1,40 +1,45 @@
-"""Convolution as im2col + one GEMM, for any number of spatial axes.
+"""Convolution as im2col + GEMM in cache-sized chunks of images, any number
+of spatial axes.
 
-numpy pays per inner loop, not per element, so what matters is how long the
-contiguous runs of the im2col/col2im copies are. Two column layouts are used,
-picked per problem by a small cost model:
+Where the time went in the first version: whole-batch column matrices
+(80 MB for cifar10_quick's conv2) run OpenBLAS at a third of its speed on
+skinny products with 32 output channels, and col2im's overlapping adds cost
+as much again. So:
 
-* batch-middle: columns (C, *kernel, N, *out), read straight from the
-  (N, C, *padded) input. Inner runs are one output row (OW values); the GEMM
-  writes (O, N, *out), whose move to (N, O, *out) copies whole planes. Best
-  when rows are long (LeNet's conv1: OW = 24) and col2im is rare.
-* batch-last: the input transposed once to (C, *padded, N); columns
-  (C, *kernel, *out, N). A kernel offset's columns for a whole output row are
-  one run of OW*N values, so im2col and col2im are a few hundred long copies
-  and adds. The price is transposing the input, output and their gradients,
-  all kernel-size times smaller than the columns. Best for short rows
-  (LeNet's conv2: OW = 8, where col2im is 3x faster this way).
-
-The columns are computed in chunks of the first output axis when they would
-exceed COLUMN_BUDGET elements; the last chunk's columns are kept for the
-backward pass, so a single-chunk layer runs im2col once per iteration.
+* The batch is cut into chunks whose columns fit in L2 (COLUMN_BYTES); each
+  chunk's columns are built, multiplied and consumed while still in cache.
+* Each pass picks its column layout (conv_columns.ChannelsLast or
+  ChannelsFirst) with a small cost model: the copy's inner loops, the
+  transposes, and the GEMM orientation's speed.
+* The input gradient of a stride-1 convolution is itself a convolution (of
+  the padded output gradient with the flipped, transposed weights), so it
+  runs as im2col + GEMM too and col2im's overlapping adds are gone. Strided
+  convolutions keep col2im.
+* Backward visits the chunks in reverse, so the first chunk it needs is the
+  one whose columns forward left in the buffer: a one-chunk layer builds its
+  columns once per iteration.
 """
-import itertools
 import math
 
+import numpy
+
 from .. import backend
-from .layout import from_batch_last, to_batch_last
+from .conv_columns import ChannelsFirst, ChannelsLast
 from .workspace import Workspace
 
-# Most elements one column buffer may hold (128 MB of float32).
-COLUMN_BUDGET = 1 << 25
+# Column bytes per chunk on the CPU: about half of a 2 MB L2, so the columns
+# and the GEMM's other operands stay in cache.
+COLUMN_BYTES = 1 << 20
 
-# Cost model (ns, measured on a 2-core Xeon with numpy 2): one inner loop of
-# a strided copy/add, and one element of a blocked transpose (batch-last) or
-# of a plane-wise move (batch-middle).
+# Cost model (ns, measured on a 2-core Xeon with numpy 2 and OpenBLAS): one
+# inner loop of a strided copy, one element copied or added in cache, one
+# element moved between channel-first and channel-last, and one GEMM flop in
+# each orientation (OpenBLAS runs the (positions, K) @ (K, O) product faster
+# than (O, K) @ (K, positions) when O is small).
 LOOP_NS = 8.0
-TRANSPOSE_NS = 1.2
-PLANE_MOVE_NS = 0.3
+COPY_NS = 0.3
+TRANSPOSE_NS = 1.0
+FLOP_NS = {ChannelsLast: 1 / 100, ChannelsFirst: 1 / 70}
 
 
 def conv_out_size(size, kernel, stride, pad, dilation):
@@ -52,6 +57,15 @@ class ConvGeometry:
         self.pad = tuple(int(p) for p in pad)
         self.dilation = tuple(int(d) for d in dilation)
         self.padded_input = any(p > 0 for p in self.pad)
+
+    def _fields(self):
+        return self.kernel, self.stride, self.pad, self.dilation
+
+    def __eq__(self, other):
+        return isinstance(other, ConvGeometry) and self._fields() == other._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
 
     def out_shape(self, spatial):
         return tuple(conv_out_size(size, k, s, p, d) for size, k, s, p, d
@@ -73,18 +87,61 @@ class ConvGeometry:
     def kernel_volume(self):
         return math.prod(self.kernel)
 
+    def transpose(self):
+        """The geometry of the convolution that computes this one's input
+        gradient from its output gradient: stride 1, pad dilation*(k-1) - pad,
+        flipped kernel. None when there is none (a stride above 1, or a pad
+        beyond the kernel's reach)."""
+        if any(s != 1 for s in self.stride):
+            return None
+        pad = tuple(d * (k - 1) - p for k, d, p in zip(self.kernel, self.dilation, self.pad))
+        if min(pad) < 0:
+            return None
+        return ConvGeometry(self.kernel, self.stride, pad, self.dilation)
 
-def prefer_batch_last(geometry, n, c, o, spatial, out, needs_dx=True):
-    """The cost model: inner loops of batch-middle im2col (and col2im) against
-    the element transposes batch-last needs."""
-    passes = 2 if needs_dx else 1
-    loops = c * geometry.kernel_volume() * n * math.prod(out[:-1]) * passes
-    in_count, out_count = n * c * math.prod(spatial), n * o * math.prod(out)
-    middle = loops * LOOP_NS + 2 * out_count * PLANE_MOVE_NS
-    if geometry.padded_input:
-        middle += passes * in_count * PLANE_MOVE_NS
-    last = (passes * in_count + 2 * out_count) * TRANSPOSE_NS
-    return last < middle
+
+def _pass_costs(geometry, group, channels, outputs, spatial):
+    """Estimated ns per image of an im2col + GEMM pass in each layout."""
+    out = geometry.out_shape(spatial)
+    positions = math.prod(out)
+    volume = geometry.kernel_volume()
+    flops = 2 * positions * outputs * channels // group * volume
+    copies = positions * channels * volume * COPY_NS
+    # ChannelsFirst: one inner loop per channel, kernel offset and output row.
+    first = channels * volume * math.prod(out[:-1]) * LOOP_NS
+    # ChannelsLast: one per position and kernel row when a kernel row through
+    # all channels is contiguous, else one per position, offset and group.
+    merged = group == 1 and geometry.dilation[-1] == 1
+    runs = math.prod(geometry.kernel[:-1]) if merged else volume * group
+    last = positions * runs * LOOP_NS + (channels * math.prod(spatial) + outputs * positions) * TRANSPOSE_NS
+    return {ChannelsFirst: first + copies + flops * FLOP_NS[ChannelsFirst],
+            ChannelsLast: last + copies + flops * FLOP_NS[ChannelsLast]}
+
+
+def choose_layout(geometry, group, channels, outputs, spatial):
+    """ChannelsLast or ChannelsFirst for a pass, by the cost model."""
+    costs = _pass_costs(geometry, group, channels, outputs, spatial)
+    return min(costs, key=costs.get)
+
+
+def input_grad_by_convolution(geometry, group, channels, outputs, spatial):
+    """Whether the input gradient should run as the transposed convolution
+    (im2col + GEMM over the padded output gradient) rather than a GEMM into
+    column gradients plus col2im. The convolution computes every input
+    position from a full window, padding included: for a 'valid' convolution
+    (LeNet's, 12x12 from 8x8) that is 2.25 times the GEMM of col2im, whose
+    price is instead one strided add per position and kernel offset."""
+    transpose = geometry.transpose()
+    if transpose is None:
+        return False
+    out = geometry.out_shape(spatial)
+    by_convolution = min(_pass_costs(transpose, group, outputs, channels, out).values())
+    layout = choose_layout(geometry, group, channels, outputs, spatial)
+    positions, volume = math.prod(out), geometry.kernel_volume()
+    flops = 2 * positions * outputs * channels // group * volume
+    loops = positions * volume * group if layout is ChannelsLast else channels * volume * math.prod(out[:-1])
+    by_col2im = flops * FLOP_NS[layout] + loops * LOOP_NS + positions * channels * volume * COPY_NS
+    return by_convolution < by_col2im
 
 
 def _address(x):
@@ -93,10 +150,6 @@ def _address(x):
     data = x.data
     pointer = data.ptr if hasattr(data, "ptr") else x.__array_interface__["data"][0]
     return pointer, x.shape, x.strides, x.dtype.str
-
-
-def _key(x, *rest):
-    return (_address(x),) + rest
 
 
 class Convolution:
@@ -110,191 +163,54 @@ class Convolution:
         self.geometry = geometry
         self.group = int(group)
         self.workspace = Workspace()
-        self.batch_last = True
-        self.needs_dx = True       # learned from the backward calls
-        self._input_of = None      # key of the x whose padded copy is in "input"
-        self._col_of = None        # key of the x and chunk whose columns are in "col"
+        self._passes = {}
 
-    # -- chunks and flat buffers -----------------------------------------------------
-    def _plan(self, c, out, n):
-        """Chunks [r0, r1) of the first output axis, and the column length of
-        the longest (the first), which sizes the flat buffers."""
-        per_row = c * self.geometry.kernel_volume() * math.prod(out[1:]) * n
-        rows = max(1, min(out[0], COLUMN_BUDGET // max(1, per_row)))
-        chunks = [(r0, min(out[0], r0 + rows)) for r0 in range(0, out[0], rows)]
-        return chunks, rows * math.prod(out[1:]) * n
+    def _columns(self, role, geometry, channels, outputs, spatial):
+        """The columns object of one pass ("forward" or "transpose"), kept
+        while its shapes hold; its buffers are named after the role."""
+        key = (geometry, channels, outputs, tuple(spatial))
+        kept = self._passes.get(role)
+        if kept is None or kept[0] != key:
+            layout = choose_layout(geometry, self.group, channels, outputs, spatial)
+            kept = self._passes[role] = (key, layout(geometry, self.group, channels, outputs, spatial,
+                                                     self.workspace, role + ":"))
+        return kept[1]
 
-    def _matrix(self, name, rows, longest, length, dtype, xp):
-        """A contiguous (rows, length) prefix of a flat buffer sized for the
-        longest chunk, so a shorter last chunk reuses the same memory."""
-        flat = self.workspace.get(name, (rows * longest,), dtype, xp)
-        return flat[:rows * length].reshape(rows, length)
+    @staticmethod
+    def _chunks(xp, n, itemsize, *passes):
+        """Image ranges whose columns (for every pass) fit in COLUMN_BYTES,
+        and the longest range's length; on a GPU, one chunk."""
+        if xp is not numpy:
+            return [(0, n)], n
+        per_image = max(p.image_bytes(itemsize) for p in passes)
+        size = max(1, min(n, COLUMN_BYTES // per_image))
+        return [(n0, min(n, n0 + size)) for n0 in range(0, n, size)], size
 
-    def _positions(self, n, r0, r1, out):
-        """Shape of the column positions of a chunk, in this layout's order."""
-        rows = (r1 - r0,) + tuple(out[1:])
-        return rows + (n,) if self.batch_last else (n,) + rows
+    def _transposed_weight(self, weight):
+        """(C, O/g, *kernel) weights of the input-gradient convolution: per
+        group, input and output channels swapped and the kernel flipped."""
+        xp = backend.get_array_module(weight)
+        g = self.group
+        o, cg = weight.shape[:2]
+        kernel = weight.shape[2:]
+        flipped = weight.reshape((g, o // g, cg) + kernel).swapaxes(1, 2)[
+            (Ellipsis,) + (slice(None, None, -1),) * len(kernel)]
+        out = self.workspace.get("transposed_weight", (g * cg, o // g) + kernel, weight.dtype, xp)
+        xp.copyto(out.reshape(flipped.shape), flipped)
+        return out
 
-    # -- the padded input and its columns --------------------------------------------
-    def _padded_input(self, x):
-        """x with zero padding, in the current layout: (C, *padded, N) or
-        (N, C, *padded); x itself when batch-middle needs no padding."""
-        xp = backend.get_array_module(x)
-        g = self.geometry
-        if not self.batch_last and not g.padded_input:
-            return x
-        n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
-        padded = g.padded_shape(spatial)
-        shape = (c,) + padded + (n,) if self.batch_last else (n, c) + padded
-        buf = self.workspace.get("input", shape, x.dtype, xp, fill=0)
-        if self._input_of != _key(x, self.batch_last):
-            if self.batch_last:
-                to_batch_last(x, buf[(slice(None),) + g.interior(spatial)])
-            else:
-                buf[(slice(None), slice(None)) + g.interior(spatial)] = x
-            self._input_of = _key(x, self.batch_last)
-            self._col_of = None
-        return buf
-
-    def _window_view(self, buf, r0, r1, out, offset=None):
-        """A strided view of a padded buffer: (C, *kernel, *positions) for all
-        kernel offsets, or (C, *positions) for one."""
-        xp = backend.get_array_module(buf)
-        g = self.geometry
-        if self.batch_last:
-            channel_axis, batch_axis, spatial_axes = 0, buf.ndim - 1, range(1, buf.ndim - 1)
-        else:
-            batch_axis, channel_axis, spatial_axes = 0, 1, range(2, buf.ndim)
-        st = buf.strides
-        starts = [r0 * g.stride[0]] + [0] * (len(out) - 1)
-        if offset is not None:
-            starts = [s + o * d for s, o, d in zip(starts, offset, g.dilation)]
-        index = [slice(None)] * buf.ndim
-        for axis, start in zip(spatial_axes, starts):
-            index[axis] = slice(start, None)
-        spatial_st = [st[a] for a in spatial_axes]
-        rows = [(r1 - r0,) + tuple(out[1:]), [s * stride for s, stride in zip(spatial_st, g.stride)]]
-        positions = list(zip(*rows))
-        batch = (buf.shape[batch_axis], st[batch_axis])
-        positions = positions + [batch] if self.batch_last else [batch] + positions
-        dims = [(buf.shape[channel_axis], st[channel_axis])]
-        if offset is None:
-            dims += [(k, s * d) for k, s, d in zip(g.kernel, spatial_st, g.dilation)]
-        shape, strides = zip(*(dims + positions))
-        return xp.lib.stride_tricks.as_strided(buf[tuple(index)], shape, strides)
-
-    def _columns(self, x, buf, r0, r1, out, longest):
-        """The (C*K, L) column matrix of output rows [r0, r1)."""
-        xp = backend.get_array_module(buf)
-        c, n = x.shape[1], x.shape[0]
-        length = (r1 - r0) * math.prod(out[1:]) * n
-        col = self._matrix("col", c * self.geometry.kernel_volume(), longest, length, buf.dtype, xp)
-        if self._col_of != _key(x, r0, r1, self.batch_last):
-            view = self._window_view(buf, r0, r1, out)
-            xp.copyto(col.reshape(view.shape), view)
-            self._col_of = _key(x, r0, r1, self.batch_last)
-        return col
-
-    # -- GEMMs, grouped ----------------------------------------------------------------
-    def _grouped(self, a):
-        return a.reshape(self.group, a.shape[0] // self.group, -1)
-
-    def _gemm_forward(self, xp, weight, col, out):
-        w = weight.reshape(weight.shape[0], -1)
-        if self.group == 1:
-            xp.matmul(w, col, out=out)
-        else:
-            xp.matmul(self._grouped(w), self._grouped(col), out=self._grouped(out))
-
-    def _gemm_weight_grad(self, xp, dyc, col, dweight):
-        # col @ dy^T (then transposed) runs faster in OpenBLAS than dy @ col^T:
-        # the long axis L is the contraction either way, but this order has the
-        # bigger operand as the row-major left matrix.
-        if self.group == 1:
-            grad = xp.matmul(col, dyc.T).T
-        else:
-            grad = xp.matmul(self._grouped(col), self._grouped(dyc).transpose(0, 2, 1)).transpose(0, 2, 1)
-        dweight += grad.reshape(dweight.shape)
-
-    def _gemm_data_grad(self, xp, weight, dyc, dcol):
-        w = weight.reshape(weight.shape[0], -1)
-        if self.group == 1:
-            xp.matmul(w.T, dyc, out=dcol)
-        else:
-            xp.matmul(self._grouped(w).transpose(0, 2, 1), self._grouped(dyc), out=self._grouped(dcol))
-
-    # -- moving outputs and their gradients between layouts ------------------------------
-    def _write_output(self, xp, yt, y, r0, r1, out, bias):
-        """The GEMM's (O, positions) result into y[:, :, r0:r1] (+ bias)."""
-        n, o = y.shape[:2]
-        block = yt.reshape((o,) + self._positions(n, r0, r1, out))
-        dst = y[:, :, r0:r1]
-        if self.batch_last:
-            from_batch_last(block, dst, bias)
-        elif bias is None:
-            xp.copyto(dst, block.swapaxes(0, 1))
-        else:
-            xp.add(block.swapaxes(0, 1), bias.reshape((-1,) + (1,) * (y.ndim - 2)), out=dst)
-
-    def _output_grad(self, xp, dy, r0, r1, out, longest):
-        """dy[:, :, r0:r1] as the (O, positions) matrix the GEMMs take."""
-        n, o = dy.shape[:2]
-        length = (r1 - r0) * math.prod(out[1:]) * n
-        dyc = self._matrix("dy", o, longest, length, dy.dtype, xp)
-        block = dyc.reshape((o,) + self._positions(n, r0, r1, out))
-        if self.batch_last:
-            to_batch_last(dy[:, :, r0:r1], block)
-        else:
-            xp.copyto(block, dy[:, :, r0:r1].swapaxes(0, 1))
-        return dyc
-
-    def _input_grad_buffer(self, xp, x, dx):
-        """A zeroed buffer in the padded layout for col2im, or dx itself."""
-        g = self.geometry
-        if not self.batch_last and not g.padded_input:
-            dx.fill(0)
-            return dx
-        n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
-        padded = g.padded_shape(spatial)
-        shape = (c,) + padded + (n,) if self.batch_last else (n, c) + padded
-        buf = self.workspace.get("input_grad", shape, dx.dtype, xp)
-        buf.fill(0)
-        return buf
-
-    def _finish_input_grad(self, buf, dx):
-        if buf is dx:
-            return
-        interior = self.geometry.interior(dx.shape[2:])
-        if self.batch_last:
-            from_batch_last(buf[(slice(None),) + interior], dx)
-        else:
-            dx[...] = buf[(slice(None), slice(None)) + interior]
-
-    def _col2im(self, dcol, buf, r0, r1, out, n):
-        """Add each kernel offset's column gradients into the padded gradient."""
-        g = self.geometry
-        blocks = dcol.reshape((dcol.shape[0] // g.kernel_volume(), g.kernel_volume())
-                              + self._positions(n, r0, r1, out))
-        for k, offset in enumerate(itertools.product(*[range(size) for size in g.kernel])):
-            view = self._window_view(buf, r0, r1, out, offset)
-            view += blocks[:, k]
-
-    # -- the op ----------------------------------------------------------------------------
     def forward(self, x, weight, bias, y):
         """y = conv(x) + bias; bias may be None."""
         xp = backend.get_array_module(x)
-        n, c = x.shape[:2]
-        o = weight.shape[0]
-        out = tuple(y.shape[2:])
-        self.batch_last = prefer_batch_last(self.geometry, n, c, o, x.shape[2:], out, self.needs_dx)
-        self._input_of = self._col_of = None  # x's data may have changed since the last call
-        buf = self._padded_input(x)
-        chunks, longest = self._plan(c, out, n)
-        for r0, r1 in chunks:
-            col = self._columns(x, buf, r0, r1, out, longest)
-            yt = self._matrix("y", o, longest, col.shape[1], x.dtype, xp)
-            self._gemm_forward(xp, weight, col, yt)
-            self._write_output(xp, yt, y, r0, r1, out, bias)
+        cols = self._columns("forward", self.geometry, x.shape[1], weight.shape[0], x.shape[2:])
+        cols.loaded = cols.built = None   # x's data may have changed since the last call
+        wmat = cols.weights(weight)
+        chunks, capacity = self._chunks(xp, x.shape[0], x.itemsize, cols)
+        address = _address(x)
+        for n0, n1 in chunks:
+            key = (address, n0, n1)
+            col = cols.build(cols.load(x, n0, n1, capacity, key), key)
+            cols.forward(col, wmat, y[n0:n1], bias)
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward);
@@ -306,24 +222,39 @@ class Convolution:
         only when given). Reuses forward's columns when x is the array
         forward() last saw; x must not have changed since."""
         xp = backend.get_array_module(dy)
-        self.needs_dx = dx is not None
-        if dweight is None and dbias is None and dx is None:
+        if dbias is not None:
+            dbias += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+        if dweight is None and dx is None:
             return
         n, c = x.shape[:2]
-        out = tuple(dy.shape[2:])
-        buf = self._padded_input(x) if dweight is not None else None
-        grad_buf = self._input_grad_buffer(xp, x, dx) if dx is not None else None
-        chunks, longest = self._plan(c, out, n)
-        for r0, r1 in chunks:
-            dyc = self._output_grad(xp, dy, r0, r1, out, longest)
-            if dbias is not None:
-                dbias += dyc.sum(axis=1)
+        o = weight.shape[0]
+        transpose = None
+        if dx is not None and input_grad_by_convolution(self.geometry, self.group, c, o, x.shape[2:]):
+            transpose = self.geometry.transpose()
+        col2im = dx is not None and transpose is None
+        passes = []
+        if dweight is not None or col2im:
+            cols = self._columns("forward", self.geometry, c, o, x.shape[2:])
+            passes.append(cols)
+        if transpose is not None:
+            tcols = self._columns("transpose", transpose, o, c, dy.shape[2:])
+            twmat = tcols.weights(self._transposed_weight(weight))
+            passes.append(tcols)
+        chunks, capacity = self._chunks(xp, n, dy.itemsize, *passes)
+        if dweight is not None:
+            acc = cols.accumulator(weight.dtype, xp)
+            acc.fill(0)
+        wmat = cols.weights(weight) if col2im else None
+        address = _address(x)
+        for n0, n1 in reversed(chunks):
+            if dweight is not None or col2im:
+                dyc = cols.output_grad(dy[n0:n1])
             if dweight is not None:
-                self._gemm_weight_grad(xp, dyc, self._columns(x, buf, r0, r1, out, longest), dweight)
-            if dx is not None:
-                dcol = self._matrix("col", c * self.geometry.kernel_volume(), longest, dyc.shape[1], dx.dtype, xp)
-                self._col_of = None  # the buffer now holds column gradients
-                self._gemm_data_grad(xp, weight, dyc, dcol)
-                self._col2im(dcol, grad_buf, r0, r1, out, n)
-        if dx is not None:
-            self._finish_input_grad(grad_buf, dx)
+                key = (address, n0, n1)
+                cols.weight_grad(cols.build(cols.load(x, n0, n1, capacity, key), key), dyc, acc)
+            if transpose is not None:
+                tcols.forward(tcols.build(tcols.load(dy, n0, n1, capacity)), twmat, dx[n0:n1], None)
+            elif col2im:
+                cols.col2im(dyc, wmat, dx[n0:n1], capacity)
+        if dweight is not None:
+            cols.add_weight_grad(acc, dweight)

@@ -124,11 +124,22 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(params=["batch-last", "batch-middle"])
+@pytest.fixture(params=["channels-last", "channels-first"])
 def conv_layout(request, monkeypatch):
-    """Run a test under each column layout (the cost model picks one per shape)."""
+    """Run a test under each column layout (the cost model picks one per pass)."""
     from pycaffe_dist.ops import conv
-    monkeypatch.setattr(conv, "prefer_batch_last", lambda *args, **kwargs: request.param == "batch-last")
+    layout = conv.ChannelsLast if request.param == "channels-last" else conv.ChannelsFirst
+    monkeypatch.setattr(conv, "choose_layout", lambda *args, **kwargs: layout)
+    return request.param
+
+
+@pytest.fixture(params=["transposed convolution", "col2im"])
+def input_grad(request, monkeypatch):
+    """Run a test with the input gradient as a convolution (where the
+    geometry allows one) and with col2im for every geometry."""
+    from pycaffe_dist.ops import conv
+    if request.param == "col2im":
+        monkeypatch.setattr(conv.ConvGeometry, "transpose", lambda self: None)
     return request.param
 
 
@@ -181,7 +192,7 @@ def test_convolution_two_bottoms_share_weights_and_chunking_agrees(monkeypatch, 
     w = layer.blobs[0].data
     for x, t in zip((x1, x2), tops):
         numpy.testing.assert_allclose(t.data, naive_conv(x, w, None, (1, 1), (1, 1), (1, 1), 1), atol=1e-10)
-    monkeypatch.setattr(conv, "COLUMN_BUDGET", 50)   # forces one output row per chunk
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 50)   # forces one image per chunk
     chunked = make_layer(text)
     bottom, top = run(chunked, x1, tops=1)
     chunked.blobs[0].data[...] = w
@@ -193,8 +204,13 @@ def test_convolution_two_bottoms_share_weights_and_chunking_agrees(monkeypatch, 
     ("num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2", (2, 4, 5, 6)),
     ("num_output: 2 kernel_h: 2 kernel_w: 3 dilation: 2 pad_w: 1", (2, 3, 6, 5)),
     ("num_output: 2 kernel_size: 2 pad: 1", (1, 2, 3, 4, 3)),
+    ("num_output: 4 kernel_size: 3 pad: 1 group: 2", (3, 4, 4, 5)),
+    ("num_output: 2 kernel_size: 2 pad: 2", (2, 2, 3, 3)),        # pad beyond the kernel: col2im
 ])
-def test_convolution_gradients(fields, shape, conv_layout):
+@pytest.mark.usefixtures("conv_layout", "input_grad")
+def test_convolution_gradients(fields, shape, monkeypatch):
+    from pycaffe_dist.ops import conv
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 200)   # several chunks
     rng = numpy.random.default_rng(3)
     layer = make_layer('name: "c" type: "Convolution" convolution_param { %s '
                        'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }' % fields)
@@ -213,14 +229,27 @@ def test_convolution_gradients(fields, shape, conv_layout):
     numpy.testing.assert_allclose(bottom[0].diff, once[-1])
 
 
-def test_layout_cost_model_on_lenet():
-    # Long output rows and no input gradient (conv1) favour batch-middle
-    # columns; short rows with col2im (conv2) favour batch-last.
+def test_layout_cost_model_on_lenet_and_cifar():
+    # Few channels and long rows (first layers) read columns straight from
+    # NCHW; many channels and short rows go channels-last.
     from pycaffe_dist.ops import ConvGeometry
-    from pycaffe_dist.ops.conv import prefer_batch_last
+    from pycaffe_dist.ops.conv import ChannelsFirst, ChannelsLast, choose_layout
     g = ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1))
-    assert not prefer_batch_last(g, 64, 1, 20, (28, 28), (24, 24), needs_dx=False)
-    assert prefer_batch_last(g, 64, 20, 50, (12, 12), (8, 8), needs_dx=True)
+    assert choose_layout(g, 1, 1, 20, (28, 28)) is ChannelsFirst
+    assert choose_layout(g, 1, 20, 50, (12, 12)) is ChannelsLast
+    assert choose_layout(g.transpose(), 1, 50, 20, (8, 8)) is ChannelsLast
+    padded = ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1))
+    assert choose_layout(padded, 1, 3, 32, (32, 32)) is ChannelsFirst
+    assert choose_layout(padded, 1, 32, 32, (16, 16)) is ChannelsLast
+
+
+def test_input_gradient_is_a_convolution_where_the_geometry_allows():
+    from pycaffe_dist.ops import ConvGeometry
+    g = ConvGeometry((5, 3), (1, 1), (2, 0), (1, 2))
+    t = g.transpose()
+    assert (t.kernel, t.stride, t.pad, t.dilation) == ((5, 3), (1, 1), (2, 4), (1, 2))
+    assert ConvGeometry((3, 3), (2, 2), (1, 1), (1, 1)).transpose() is None
+    assert ConvGeometry((2, 2), (1, 1), (2, 0), (1, 1)).transpose() is None
 
 
 def test_convolution_skips_what_is_not_asked(conv_layout):
@@ -239,15 +268,15 @@ def test_convolution_skips_what_is_not_asked(conv_layout):
 def test_convolution_builds_columns_once_per_iteration(conv_layout, monkeypatch):
     # Backward reuses forward's columns even though the layer hands the op a
     # fresh reshape of the blob each call; a new forward rebuilds them.
-    from pycaffe_dist.ops import conv
+    from pycaffe_dist.ops import ConvGeometry
     builds = []
-    window_view = conv.Convolution._window_view
+    as_strided = numpy.lib.stride_tricks.as_strided
 
-    def counting(self, buf, r0, r1, out, offset=None):
-        if offset is None:
-            builds.append(r0)
-        return window_view(self, buf, r0, r1, out, offset)
-    monkeypatch.setattr(conv.Convolution, "_window_view", counting)
+    def counting(x, shape, strides):
+        builds.append(0)
+        return as_strided(x, shape, strides)
+    monkeypatch.setattr(numpy.lib.stride_tricks, "as_strided", counting)
+    monkeypatch.setattr(ConvGeometry, "transpose", lambda self: None)   # col2im: no columns of dy
     rng = numpy.random.default_rng(13)
     layer = make_layer('name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad: 1 '
                        'weight_filler { type: "gaussian" } }')

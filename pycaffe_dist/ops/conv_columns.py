@@ -1,0 +1,250 @@
+"""The two column layouts convolution-as-GEMM uses, for one chunk of images.
+
+numpy pays per inner loop of a strided copy, and OpenBLAS is fastest when
+the long axis of a skinny product (positions) is the row axis of a
+row-major operand. A layout decides both the copy's inner runs and the GEMM's
+orientation:
+
+* ChannelsLast: the chunk is moved to (n, *padded, C) once; its columns are
+  (n, *out, group, *kernel, C/group), a (positions, K) matrix per group whose
+  rows are read as runs of kw*C values (one kernel row through every
+  channel). The GEMM (P, K) @ (K, O/g) is OpenBLAS's good orientation. The
+  price is transposing the input and the output (and their gradients), all
+  in cache because a chunk is small. Best with many channels (conv2, conv3).
+* ChannelsFirst: columns (group, C/group, *kernel, n, *out) straight from
+  (n, C, *padded): no transposes, but an inner run is one output row (OW
+  values), so it only pays when C*kw is smaller than OW (a first layer on
+  RGB or grey images).
+
+Both give the weight gradient from the same columns and can scatter column
+gradients back (col2im) for the strided convolutions whose input gradient is
+not itself a convolution. Every buffer is sized for the largest chunk and
+comes from the op's Workspace, so the steady state allocates nothing.
+"""
+import itertools
+import math
+
+from .. import backend
+
+
+class _Columns:
+    """Buffers and shapes shared by both layouts for one geometry."""
+
+    def __init__(self, geometry, group, channels, outputs, spatial, workspace, tag):
+        self.geometry = geometry
+        self.group = group
+        self.channels, self.outputs = channels, outputs
+        self.spatial = tuple(spatial)
+        self.out = geometry.out_shape(spatial)
+        self.positions = math.prod(self.out)
+        self.k_group = channels // group * geometry.kernel_volume()
+        self.workspace = workspace
+        self.tag = tag
+        self.loaded = self.built = None   # which chunk of which array is in the buffers
+
+    def image_bytes(self, itemsize):
+        """Column bytes per image: what sizes a chunk."""
+        return self.group * self.k_group * self.positions * itemsize
+
+    def _buffer(self, name, shape, dtype, xp, capacity, fill=None):
+        """A (capacity, ...) buffer whose first len-`shape[0]` rows serve a chunk."""
+        full = self.workspace.get(self.tag + name, (capacity,) + tuple(shape[1:]), dtype, xp, fill=fill)
+        return full[:shape[0]]
+
+    def _flat(self, name, count, dtype, xp):
+        return self.workspace.prefix(self.tag + name, (count,), dtype, xp)
+
+
+class ChannelsLast(_Columns):
+    """Columns (P, group, K/group) from a (n, *padded, C) copy of the chunk."""
+
+    def weights(self, weight):
+        """(O, C/g, *kernel) -> (g, kernel*C/g, O/g), rows in the columns' order."""
+        g, o = self.group, self.outputs
+        w = weight.reshape(g, o // g, self.channels // g, -1)
+        xp = backend.get_array_module(weight)
+        mat = self.workspace.get(self.tag + "weights", (g, w.shape[3], w.shape[2], o // g), weight.dtype, xp)
+        xp.copyto(mat, w.transpose(0, 3, 2, 1))
+        return mat.reshape(g, self.k_group, o // g)
+
+    def load(self, x, n0, n1, capacity, key=None):
+        """Move images [n0, n1) of x (N, C, *S) into the padded channels-last buffer."""
+        xp = backend.get_array_module(x)
+        g = self.geometry
+        shape = (n1 - n0,) + g.padded_shape(self.spatial) + (self.channels,)
+        buf = self._buffer("input", shape, x.dtype, xp, capacity, fill=0)
+        if key is None or key != self.loaded:
+            xp.copyto(buf[(slice(None),) + g.interior(self.spatial)], xp.moveaxis(x[n0:n1], 1, -1))
+            self.loaded, self.built = key, None
+        return buf
+
+    def build(self, buf, key=None):
+        """The chunk's (P, g, K/g) column matrix."""
+        xp = backend.get_array_module(buf)
+        g, cg = self.geometry, self.channels // self.group
+        n = buf.shape[0]
+        st = buf.strides
+        spatial = st[1:-1]
+        shape = ((n,) + self.out + (self.group,) + g.kernel + (cg,))
+        strides = ((st[0],) + tuple(s * t for s, t in zip(spatial, g.stride)) + (cg * st[-1],)
+                   + tuple(s * d for s, d in zip(spatial, g.dilation)) + (st[-1],))
+        rows = n * self.positions
+        col = self._flat("col", rows * self.group * self.k_group, buf.dtype, xp)
+        if key is None or key != self.built:
+            xp.copyto(col.reshape(shape), xp.lib.stride_tricks.as_strided(buf, shape, strides))
+            self.built = key
+        return col.reshape(rows, self.group, self.k_group)
+
+    def forward(self, col, wmat, y, bias):
+        """y (n, O, *out) = col @ wmat (+ bias)."""
+        xp = backend.get_array_module(col)
+        g, og = self.group, self.outputs // self.group
+        n = y.shape[0]
+        prod = self._flat("prod", g * col.shape[0] * og, col.dtype, xp).reshape(g, col.shape[0], og)
+        xp.matmul(col.transpose(1, 0, 2), wmat, out=prod)
+        src = prod.reshape(g, n, self.positions, og).transpose(1, 0, 3, 2)
+        dst = y.reshape(n, g, og, self.positions)
+        if bias is None:
+            xp.copyto(dst, src)
+        else:
+            xp.add(src, bias.reshape(g, og, 1), out=dst)
+
+    def output_grad(self, dy):
+        """dy (n, O, *out) as the (g, P, O/g) matrix the GEMMs take."""
+        xp = backend.get_array_module(dy)
+        g, og = self.group, self.outputs // self.group
+        n = dy.shape[0]
+        dyc = self._flat("dy", g * n * self.positions * og, dy.dtype, xp)
+        xp.copyto(dyc.reshape(g, n, self.positions, og), dy.reshape(n, g, og, self.positions).transpose(1, 0, 3, 2))
+        return dyc.reshape(g, n * self.positions, og)
+
+    def weight_grad(self, col, dyc, acc):
+        """acc (g, K/g, O/g) += col^T @ dyc."""
+        xp = backend.get_array_module(col)
+        part = self.workspace.get(self.tag + "wpart", acc.shape, acc.dtype, xp)
+        xp.matmul(col.transpose(1, 2, 0), dyc, out=part)
+        acc += part
+
+    def accumulator(self, dtype, xp):
+        og = self.outputs // self.group
+        return self.workspace.get(self.tag + "wacc", (self.group, self.k_group, og), dtype, xp)
+
+    def add_weight_grad(self, acc, dweight):
+        g, og, cg = self.group, self.outputs // self.group, self.channels // self.group
+        dweight += acc.reshape(g, -1, cg, og).transpose(0, 3, 2, 1).reshape(dweight.shape)
+
+    def col2im(self, dyc, wmat, dx, capacity):
+        """dx (n, C, *S) = the input gradient through these columns (strided case)."""
+        xp = backend.get_array_module(dyc)
+        g, cg = self.geometry, self.channels // self.group
+        n = dx.shape[0]
+        rows = n * self.positions
+        dcol = self._flat("col", rows * self.group * self.k_group, dyc.dtype, xp)
+        dcol = dcol.reshape(self.group, rows, self.k_group)
+        self.built = None   # the column buffer now holds gradients
+        xp.matmul(dyc, wmat.transpose(0, 2, 1), out=dcol)
+        blocks = dcol.reshape((self.group, n) + self.out + (g.kernel_volume(), cg))
+        shape = (n,) + g.padded_shape(self.spatial) + (self.channels,)
+        grad = self._buffer("grad", shape, dx.dtype, xp, capacity)
+        grad.fill(0)
+        for k, offset in enumerate(itertools.product(*[range(size) for size in g.kernel])):
+            index = (slice(None),) + tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s
+                                           in zip(offset, g.dilation, self.out, g.stride))
+            view = grad[index].reshape((n,) + self.out + (self.group, cg))
+            view += xp.moveaxis(blocks[..., k, :], 0, -2)
+        xp.copyto(dx, xp.moveaxis(grad[(slice(None),) + g.interior(self.spatial)], -1, 1))
+
+
+class ChannelsFirst(_Columns):
+    """Columns (g, K/g, P) read straight from (n, C, *padded)."""
+
+    def weights(self, weight):
+        g = self.group
+        return weight.reshape(g, self.outputs // g, self.k_group)
+
+    def load(self, x, n0, n1, capacity, key=None):
+        xp = backend.get_array_module(x)
+        g = self.geometry
+        if not g.padded_input:
+            return x[n0:n1]
+        shape = (n1 - n0, self.channels) + g.padded_shape(self.spatial)
+        buf = self._buffer("input", shape, x.dtype, xp, capacity, fill=0)
+        if key is None or key != self.loaded:
+            buf[(slice(None), slice(None)) + g.interior(self.spatial)] = x[n0:n1]
+            self.loaded, self.built = key, None
+        return buf
+
+    def build(self, buf, key=None):
+        xp = backend.get_array_module(buf)
+        g, cg = self.geometry, self.channels // self.group
+        n = buf.shape[0]
+        st = buf.strides
+        spatial = st[2:]
+        shape = (self.group, cg) + g.kernel + (n,) + self.out
+        strides = ((cg * st[1], st[1]) + tuple(s * d for s, d in zip(spatial, g.dilation)) + (st[0],)
+                   + tuple(s * t for s, t in zip(spatial, g.stride)))
+        count = n * self.positions
+        col = self._flat("col", self.group * self.k_group * count, buf.dtype, xp)
+        if key is None or key != self.built:
+            xp.copyto(col.reshape(shape), xp.lib.stride_tricks.as_strided(buf, shape, strides))
+            self.built = key
+        return col.reshape(self.group, self.k_group, count)
+
+    def forward(self, col, wmat, y, bias):
+        xp = backend.get_array_module(col)
+        g, og = self.group, self.outputs // self.group
+        n = y.shape[0]
+        prod = self._flat("prod", g * og * col.shape[2], col.dtype, xp).reshape(g, og, col.shape[2])
+        xp.matmul(wmat, col, out=prod)
+        src = prod.reshape(g, og, n, self.positions).transpose(2, 0, 1, 3)
+        dst = y.reshape(n, g, og, self.positions)
+        if bias is None:
+            xp.copyto(dst, src)
+        else:
+            xp.add(src, bias.reshape(g, og, 1), out=dst)
+
+    def output_grad(self, dy):
+        xp = backend.get_array_module(dy)
+        g, og = self.group, self.outputs // self.group
+        n = dy.shape[0]
+        dyc = self._flat("dy", g * og * n * self.positions, dy.dtype, xp)
+        xp.copyto(dyc.reshape(g, og, n, self.positions), dy.reshape(n, g, og, self.positions).transpose(1, 2, 0, 3))
+        return dyc.reshape(g, og, n * self.positions)
+
+    def weight_grad(self, col, dyc, acc):
+        """acc (g, K/g, O/g) += col @ dyc^T (faster in OpenBLAS than dyc @ col^T)."""
+        xp = backend.get_array_module(col)
+        part = self.workspace.get(self.tag + "wpart", acc.shape, acc.dtype, xp)
+        xp.matmul(col, dyc.transpose(0, 2, 1), out=part)
+        acc += part
+
+    def accumulator(self, dtype, xp):
+        og = self.outputs // self.group
+        return self.workspace.get(self.tag + "wacc", (self.group, self.k_group, og), dtype, xp)
+
+    def add_weight_grad(self, acc, dweight):
+        dweight += acc.transpose(0, 2, 1).reshape(dweight.shape)
+
+    def col2im(self, dyc, wmat, dx, capacity):
+        xp = backend.get_array_module(dyc)
+        g, cg = self.geometry, self.channels // self.group
+        n = dx.shape[0]
+        count = n * self.positions
+        dcol = self._flat("col", self.group * self.k_group * count, dyc.dtype, xp)
+        dcol = dcol.reshape(self.group, self.k_group, count)
+        self.built = None   # the column buffer now holds gradients
+        xp.matmul(wmat.transpose(0, 2, 1), dyc, out=dcol)
+        blocks = dcol.reshape((self.group, cg, g.kernel_volume(), n) + self.out)
+        if g.padded_input:
+            shape = (n, self.channels) + g.padded_shape(self.spatial)
+            grad = self._buffer("grad", shape, dx.dtype, xp, capacity)
+        else:
+            grad = dx
+        grad.fill(0)
+        for k, offset in enumerate(itertools.product(*[range(size) for size in g.kernel])):
+            index = (slice(None), slice(None)) + tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s
+                                                       in zip(offset, g.dilation, self.out, g.stride))
+            view = grad[index].reshape((n, self.group, cg) + self.out)
+            view += xp.moveaxis(blocks[:, :, k], 2, 0)
+        if grad is not dx:
+            xp.copyto(dx, grad[(slice(None), slice(None)) + g.interior(self.spatial)])
