@@ -35,6 +35,9 @@ def train(solver, settings=None, dtype=numpy.float32, resume=None, weights=(), s
           action_request=None, return_weights=False, log_level=None, blas_threads=None, **overrides):
     """Train `solver` (a prototxt path or SolverParameter) with parallel workers.
 
+    Worker processes are spawned (a fresh interpreter each), so a script
+    that calls this must do so under `if __name__ == "__main__":`.
+
     Args:
         settings: a config.Settings; by default the solver's parallel_param
             with `overrides` applied (workers=, strategy=, deterministic=,
