@@ -19,11 +19,13 @@ as much again. So:
   one whose columns forward left in the buffer: a one-chunk layer builds its
   columns once per iteration.
 """
+import functools
 import math
 
 import numpy
 
 from .. import backend
+from . import threads
 from .conv_columns import ChannelsFirst, ChannelsLast
 from .workspace import Workspace
 
@@ -157,34 +159,39 @@ class Convolution:
 
     Shapes: x (N, C, *S), weight (O, C/group, *kernel), bias (O,),
     y (N, O, *out). Parameter gradients are *added* to the given diffs.
+    The chunks run on ops.threads' threads, each with its own columns
+    objects (a "lane") and, for the weight gradient, its own accumulator.
     """
 
     def __init__(self, geometry, group=1):
         self.geometry = geometry
         self.group = int(group)
         self.workspace = Workspace()
-        self._passes = {}
+        self._lanes = {}
 
-    def _columns(self, role, geometry, channels, outputs, spatial):
-        """The columns object of one pass ("forward" or "transpose"), kept
-        while its shapes hold; its buffers are named after the role."""
+    def _columns(self, role, lane, geometry, channels, outputs, spatial):
+        """Lane `lane`'s columns object for one pass ("forward" or
+        "transpose"), kept while its shapes hold; its buffers are named after
+        the role and the lane."""
         key = (geometry, channels, outputs, tuple(spatial))
-        kept = self._passes.get(role)
+        kept = self._lanes.get((role, lane))
         if kept is None or kept[0] != key:
             layout = choose_layout(geometry, self.group, channels, outputs, spatial)
-            kept = self._passes[role] = (key, layout(geometry, self.group, channels, outputs, spatial,
-                                                     self.workspace, role + ":"))
+            cols = layout(geometry, self.group, channels, outputs, spatial, self.workspace, f"{role}{lane}:")
+            kept = self._lanes[(role, lane)] = (key, cols)
         return kept[1]
 
     @staticmethod
-    def _chunks(xp, n, itemsize, *passes):
+    def _chunks(xp, n, itemsize, lanes, *passes):
         """Image ranges whose columns (for every pass) fit in COLUMN_BYTES,
-        and the longest range's length; on a GPU, one chunk."""
+        split into one contiguous run per lane, and the longest range's
+        length; on a GPU, one chunk."""
         if xp is not numpy:
-            return [(0, n)], n
+            return [[(0, n)]], n
         per_image = max(p.image_bytes(itemsize) for p in passes)
         size = max(1, min(n, COLUMN_BYTES // per_image))
-        return [(n0, min(n, n0 + size)) for n0 in range(0, n, size)], size
+        chunks = [(n0, min(n, n0 + size)) for n0 in range(0, n, size)]
+        return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], size
 
     def _transposed_weight(self, weight):
         """(C, O/g, *kernel) weights of the input-gradient convolution: per
@@ -202,15 +209,19 @@ class Convolution:
     def forward(self, x, weight, bias, y):
         """y = conv(x) + bias; bias may be None."""
         xp = backend.get_array_module(x)
-        cols = self._columns("forward", self.geometry, x.shape[1], weight.shape[0], x.shape[2:])
-        cols.loaded = cols.built = None   # x's data may have changed since the last call
-        wmat = cols.weights(weight)
-        chunks, capacity = self._chunks(xp, x.shape[0], x.itemsize, cols)
+        c, o = x.shape[1], weight.shape[0]
+        lanes = threads.count(xp)
+        passes = [self._columns("forward", k, self.geometry, c, o, x.shape[2:]) for k in range(lanes)]
+        runs, capacity = self._chunks(xp, x.shape[0], x.itemsize, lanes, passes[0])
+        wmat = passes[0].weights(weight)
         address = _address(x)
-        for n0, n1 in chunks:
-            key = (address, n0, n1)
-            col = cols.build(cols.load(x, n0, n1, capacity, key), key)
-            cols.forward(col, wmat, y[n0:n1], bias)
+
+        def lane(cols, run):
+            cols.loaded = cols.built = None   # x's data may have changed since the last call
+            for n0, n1 in run:
+                key = (address, n0, n1)
+                cols.forward(cols.build(cols.load(x, n0, n1, capacity, key), key), wmat, y[n0:n1], bias)
+        threads.run([functools.partial(lane, cols, run) for cols, run in zip(passes, runs)])
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward);
@@ -228,33 +239,39 @@ class Convolution:
             return
         n, c = x.shape[:2]
         o = weight.shape[0]
-        transpose = None
-        if dx is not None and input_grad_by_convolution(self.geometry, self.group, c, o, x.shape[2:]):
-            transpose = self.geometry.transpose()
-        col2im = dx is not None and transpose is None
-        passes = []
+        by_convolution = dx is not None and input_grad_by_convolution(self.geometry, self.group, c, o, x.shape[2:])
+        col2im = dx is not None and not by_convolution
+        lanes = threads.count(xp)
+        forward = transpose = [None] * lanes
         if dweight is not None or col2im:
-            cols = self._columns("forward", self.geometry, c, o, x.shape[2:])
-            passes.append(cols)
-        if transpose is not None:
-            tcols = self._columns("transpose", transpose, o, c, dy.shape[2:])
-            twmat = tcols.weights(self._transposed_weight(weight))
-            passes.append(tcols)
-        chunks, capacity = self._chunks(xp, n, dy.itemsize, *passes)
-        if dweight is not None:
-            acc = cols.accumulator(weight.dtype, xp)
-            acc.fill(0)
-        wmat = cols.weights(weight) if col2im else None
+            forward = [self._columns("forward", k, self.geometry, c, o, x.shape[2:]) for k in range(lanes)]
+        if by_convolution:
+            geometry = self.geometry.transpose()
+            transpose = [self._columns("transpose", k, geometry, o, c, dy.shape[2:]) for k in range(lanes)]
+            twmat = transpose[0].weights(self._transposed_weight(weight))
+        runs, capacity = self._chunks(xp, n, dy.itemsize, lanes, *[p[0] for p in (forward, transpose) if p[0]])
+        wmat = forward[0].weights(weight) if col2im else None
         address = _address(x)
-        for n0, n1 in reversed(chunks):
-            if dweight is not None or col2im:
-                dyc = cols.output_grad(dy[n0:n1])
+
+        def lane(cols, tcols, run):
             if dweight is not None:
-                key = (address, n0, n1)
-                cols.weight_grad(cols.build(cols.load(x, n0, n1, capacity, key), key), dyc, acc)
-            if transpose is not None:
-                tcols.forward(tcols.build(tcols.load(dy, n0, n1, capacity)), twmat, dx[n0:n1], None)
-            elif col2im:
-                cols.col2im(dyc, wmat, dx[n0:n1], capacity)
+                acc = cols.accumulator(weight.dtype, xp)
+                acc.fill(0)
+            for n0, n1 in reversed(run):
+                if cols is not None:
+                    dyc = cols.output_grad(dy[n0:n1])
+                if dweight is not None:
+                    key = (address, n0, n1)
+                    cols.weight_grad(cols.build(cols.load(x, n0, n1, capacity, key), key), dyc, acc)
+                if by_convolution:
+                    tcols.forward(tcols.build(tcols.load(dy, n0, n1, capacity)), twmat, dx[n0:n1], None)
+                elif col2im:
+                    cols.col2im(dyc, wmat, dx[n0:n1], capacity)
+        threads.run([functools.partial(lane, cols, tcols, run)
+                     for cols, tcols, run in zip(forward, transpose, runs)])
         if dweight is not None:
-            cols.add_weight_grad(acc, dweight)
+            # Lane by lane in a fixed order: the same thread count, the same sum.
+            acc = forward[0].accumulator(weight.dtype, xp)
+            for cols in forward[1:len(runs)]:
+                acc += cols.accumulator(weight.dtype, xp)
+            forward[0].add_weight_grad(acc, dweight)

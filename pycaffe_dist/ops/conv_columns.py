@@ -134,16 +134,20 @@ class ChannelsLast(_Columns):
         dweight += acc.reshape(g, -1, cg, og).transpose(0, 3, 2, 1).reshape(dweight.shape)
 
     def col2im(self, dyc, wmat, dx, capacity):
-        """dx (n, C, *S) = the input gradient through these columns (strided case)."""
+        """dx (n, C, *S) = the input gradient through these columns (strided case).
+
+        The column gradients come out of one batched GEMM per kernel offset,
+        (kernel, P, C/g), so each offset's add reads whole rows of OW*C
+        values instead of C-long pieces of the (P, K) matrix."""
         xp = backend.get_array_module(dyc)
         g, cg = self.geometry, self.channels // self.group
         n = dx.shape[0]
-        rows = n * self.positions
+        rows, volume = n * self.positions, g.kernel_volume()
         dcol = self._flat("col", rows * self.group * self.k_group, dyc.dtype, xp)
-        dcol = dcol.reshape(self.group, rows, self.k_group)
+        dcol = dcol.reshape(self.group, volume, rows, cg)
         self.built = None   # the column buffer now holds gradients
-        xp.matmul(dyc, wmat.transpose(0, 2, 1), out=dcol)
-        blocks = dcol.reshape((self.group, n) + self.out + (g.kernel_volume(), cg))
+        per_offset = wmat.reshape(self.group, volume, cg, -1).transpose(0, 1, 3, 2)
+        xp.matmul(dyc[:, None], per_offset, out=dcol)
         shape = (n,) + g.padded_shape(self.spatial) + (self.channels,)
         grad = self._buffer("grad", shape, dx.dtype, xp, capacity)
         grad.fill(0)
@@ -151,7 +155,7 @@ class ChannelsLast(_Columns):
             index = (slice(None),) + tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s
                                            in zip(offset, g.dilation, self.out, g.stride))
             view = grad[index].reshape((n,) + self.out + (self.group, cg))
-            view += xp.moveaxis(blocks[..., k, :], 0, -2)
+            view += xp.moveaxis(dcol[:, k].reshape((self.group, n) + self.out + (cg,)), 0, -2)
         xp.copyto(dx, xp.moveaxis(grad[(slice(None),) + g.interior(self.spatial)], -1, 1))
 
 

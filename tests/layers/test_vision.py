@@ -506,3 +506,40 @@ def test_lrn_in_place_matches_separate_top():
 def test_lrn_rejects_even_local_size():
     with pytest.raises(LayerError, match="odd"):
         run(lrn_layer("ACROSS_CHANNELS", 4, 1.0, 0.75, 1.0), numpy.zeros((1, 4, 2, 2)))
+
+
+@pytest.mark.parametrize("fields, shape", [
+    ("num_output: 4 kernel_size: 3 pad: 1", (7, 3, 6, 5)),                       # input gradient by convolution
+    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2", (7, 4, 6, 5)),   # by col2im
+])
+def test_convolution_on_several_threads_matches_one(fields, shape, monkeypatch):
+    # The chunks split into one contiguous run per thread; each thread sums
+    # its weight gradient, and the runs are added in a fixed order.
+    from pycaffe_dist.ops import conv, threads
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 300)
+    rng = numpy.random.default_rng(15)
+    x, dy = rng.standard_normal(shape), None
+    results = {}
+    for count in (1, 2, 3, 2):
+        monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        layer = make_layer('name: "c" type: "Convolution" convolution_param { %s '
+                           'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }' % fields)
+        backend_seed(16)
+        bottom, top = run(layer, x)
+        if dy is None:
+            dy = rng.standard_normal(top[0].shape)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        got = [top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+        if count in results:    # the same thread count gives the same bits
+            for a, b in zip(results[count], got):
+                numpy.testing.assert_array_equal(a, b)
+        results[count] = got
+    for count in (2, 3):
+        for a, b in zip(results[1], results[count]):
+            numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def backend_seed(seed):
+    from pycaffe_dist import backend
+    backend.set_random_seed(seed)
