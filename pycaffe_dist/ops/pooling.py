@@ -25,11 +25,14 @@ Average pooling is linear: for small planes it is one GEMM with a (H*W, OH*OW)
 matrix of window weights 1/pool_size (Caffe's pool size counts padding up to
 H + pad); bigger planes use the same two stages with sums.
 """
+import copy
+import functools
 import math
 
 import numpy
 
 from .. import backend
+from . import threads
 from .workspace import Workspace
 
 # Average pooling is a GEMM when its (H*W, OH*OW) matrix has at most this
@@ -109,12 +112,33 @@ class _TwoStage:
 
     The planes go in blocks of PLANE_BLOCK_BYTES of input, so a block's
     buffers stay in cache through the dozen ops that touch them (on a GPU one
-    block holds everything).
+    block holds everything). The blocks are split over ops.threads' threads;
+    each thread works through a copy of the op that shares its geometry and
+    `workspace` (the masks: every block writes its own planes of them) but
+    has its own `scratch` buffers.
     """
 
     def __init__(self, geometry):
         self.geometry = geometry
         self.workspace = Workspace()
+        self.scratch = Workspace()
+        self._copies = []
+
+    def _each_block(self, xp, nc, itemsize, body):
+        """body(op, p0, p1, block) for every block [p0, p1) of planes, where
+        `block` is the longest block's length and `op` the thread's copy."""
+        blocks, block = self._blocks(xp, nc, itemsize)
+        count = min(threads.count(xp), len(blocks))
+        while len(self._copies) < count - 1:
+            lane = copy.copy(self)
+            lane.scratch, lane._copies = Workspace(), []
+            self._copies.append(lane)
+
+        def work(op, run):
+            for p0, p1 in run:
+                body(op, p0, p1, block)
+        threads.run([functools.partial(work, op, run)
+                     for op, run in zip([self] + self._copies, threads.split(blocks, count))])
 
     @staticmethod
     def _planes(x):
@@ -131,7 +155,7 @@ class _TwoStage:
     def _phase_buffer(self, xp, name, block, dtype, fill=None):
         """(s_w, block * plane_size + slack): one flat row per column phase."""
         g = self.geometry
-        return self.workspace.get(name, (g.stride[1], block * g.plane_size + g.slack), dtype, xp, fill=fill)
+        return self.scratch.get(name, (g.stride[1], block * g.plane_size + g.slack), dtype, xp, fill=fill)
 
     def _phase_view(self, buf, nb, column_phase):
         g = self.geometry
@@ -183,7 +207,7 @@ class _TwoStage:
 
     def _partial(self, xp, nb, dtype, name="partial"):
         g = self.geometry
-        return self.workspace.prefix(name, (nb, g.row_phases, g.phase_rows, g.phase_cols), dtype, xp)
+        return self.scratch.prefix(name, (nb, g.row_phases, g.phase_rows, g.phase_cols), dtype, xp)
 
     def _grad_buffer(self, xp, dx_planes, block, add):
         """Where stage-1 gradients go, zeroed when some element is not
@@ -214,7 +238,7 @@ class _TwoStage:
         """(nb, OH, Q): outputs with the garbage columns stage 1 leaves, kept
         zero (set once, never written)."""
         g = self.geometry
-        return self.workspace.get(name, (block, g.out_size[0], g.phase_cols), dtype, xp, fill=0)[:nb]
+        return self.scratch.get(name, (block, g.out_size[0], g.phase_cols), dtype, xp, fill=0)[:nb]
 
 
 class MaxPooling(_TwoStage):
@@ -238,18 +262,19 @@ class MaxPooling(_TwoStage):
         planes, out = self._planes(x), self._planes(y)
         nc = planes.shape[0]
         wins1, wins2 = self._wins(xp, nc)
-        blocks, block = self._blocks(xp, nc, x.itemsize)
         wide = g.phase_cols != g.out_size[1]
-        for p0, p1 in blocks:
+
+        def block_max(op, p0, p1, block):
             nb = p1 - p0
-            buf = self._split(xp, planes[p0:p1], block, -numpy.inf)
-            partial = self._partial(xp, nb, x.dtype)
-            self._chain_max(xp, self._stage1_views(buf, nb), partial.reshape(-1),
-                            wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), track)
-            result = self._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
-            self._chain_max(xp, self._stage2_views(partial), result, wins2[:, p0:p1], track)
+            buf = op._split(xp, planes[p0:p1], block, -numpy.inf)
+            partial = op._partial(xp, nb, x.dtype)
+            op._chain_max(xp, op._stage1_views(buf, nb), partial.reshape(-1),
+                          wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), track)
+            result = op._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
+            op._chain_max(xp, op._stage2_views(partial), result, wins2[:, p0:p1], track)
             if wide:
                 out[p0:p1] = result[:, :, :g.out_size[1]]
+        self._each_block(xp, nc, x.itemsize, block_max)
         self._tracked = track
 
     @staticmethod
@@ -278,19 +303,20 @@ class MaxPooling(_TwoStage):
         grad, dx_planes = self._planes(dy), self._planes(dx)
         nc = grad.shape[0]
         wins1, wins2 = self._wins(xp, nc)
-        blocks, block = self._blocks(xp, nc, dy.itemsize)
-        for p0, p1 in blocks:
+
+        def block_grad(op, p0, p1, block):
             nb = p1 - p0
             top = grad[p0:p1]
             if g.phase_cols != g.out_size[1]:
-                top = self._wide(xp, block, nb, dy.dtype, "grad")
+                top = op._wide(xp, block, nb, dy.dtype, "grad")
                 top[:, :, :g.out_size[1]] = grad[p0:p1]
-            partial = self._partial_grad(xp, nb, dy.dtype, add=False)
-            self._chain_backward(xp, top, self._stage2_views(partial), wins2[:, p0:p1], g.overlaps(0), "s2")
-            buf = self._grad_buffer(xp, dx_planes[p0:p1], block, add=False)
-            self._chain_backward(xp, partial.reshape(-1), self._stage1_views(buf, nb),
-                                 wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), g.overlaps(1), "s1")
-            self._merge(buf, dx_planes[p0:p1])
+            partial = op._partial_grad(xp, nb, dy.dtype, add=False)
+            op._chain_backward(xp, top, op._stage2_views(partial), wins2[:, p0:p1], g.overlaps(0), "s2")
+            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=False)
+            op._chain_backward(xp, partial.reshape(-1), op._stage1_views(buf, nb),
+                               wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), g.overlaps(1), "s1")
+            op._merge(buf, dx_planes[p0:p1])
+        self._each_block(xp, nc, dy.itemsize, block_grad)
 
     def _chain_backward(self, xp, grad, views, wins, overlapping, tag):
         """Undo _chain_max: views[k] (+)= the part of grad views[k] won."""
@@ -300,8 +326,8 @@ class MaxPooling(_TwoStage):
             else:
                 xp.copyto(views[0], grad)
             return
-        rest = self.workspace.prefix(tag + "_rest", grad.shape, grad.dtype, xp)
-        taken = self.workspace.prefix(tag + "_taken", grad.shape, grad.dtype, xp)
+        rest = self.scratch.prefix(tag + "_rest", grad.shape, grad.dtype, xp)
+        taken = self.scratch.prefix(tag + "_taken", grad.shape, grad.dtype, xp)
         remaining = grad
         for k in range(len(views) - 1, 0, -1):
             if overlapping:
@@ -420,15 +446,16 @@ class AveragePooling(_TwoStage):
         g = self.geometry
         planes, out = self._planes(x), self._planes(y)
         inverse = self._inverse_pool_size(xp, x.dtype)
-        blocks, block = self._blocks(xp, planes.shape[0], x.itemsize)
-        for p0, p1 in blocks:
+
+        def block_average(op, p0, p1, block):
             nb = p1 - p0
-            buf = self._split(xp, planes[p0:p1], block, 0)
-            partial = self._partial(xp, nb, x.dtype)
-            self._sum(xp, self._stage1_views(buf, nb), partial.reshape(-1))
-            result = self._wide(xp, block, nb, x.dtype, "result")
-            self._sum(xp, self._stage2_views(partial), result)
+            buf = op._split(xp, planes[p0:p1], block, 0)
+            partial = op._partial(xp, nb, x.dtype)
+            op._sum(xp, op._stage1_views(buf, nb), partial.reshape(-1))
+            result = op._wide(xp, block, nb, x.dtype, "result")
+            op._sum(xp, op._stage2_views(partial), result)
             xp.multiply(result[:, :, :g.out_size[1]], inverse, out=out[p0:p1])
+        self._each_block(xp, planes.shape[0], x.itemsize, block_average)
 
     @staticmethod
     def _sum(xp, views, out):
@@ -445,15 +472,16 @@ class AveragePooling(_TwoStage):
         g = self.geometry
         grad, dx_planes = self._planes(dy), self._planes(dx)
         inverse = self._inverse_pool_size(xp, dy.dtype)
-        blocks, block = self._blocks(xp, grad.shape[0], dy.itemsize)
-        for p0, p1 in blocks:
+
+        def block_grad(op, p0, p1, block):
             nb = p1 - p0
-            scaled = self._wide(xp, block, nb, dy.dtype, "grad")
+            scaled = op._wide(xp, block, nb, dy.dtype, "grad")
             xp.multiply(grad[p0:p1], inverse, out=scaled[:, :, :g.out_size[1]])
-            partial = self._partial_grad(xp, nb, dy.dtype, add=True)
-            for view in self._stage2_views(partial):
+            partial = op._partial_grad(xp, nb, dy.dtype, add=True)
+            for view in op._stage2_views(partial):
                 view += scaled
-            buf = self._grad_buffer(xp, dx_planes[p0:p1], block, add=True)
-            for view in self._stage1_views(buf, nb):
+            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=True)
+            for view in op._stage1_views(buf, nb):
                 view += partial.reshape(-1)
-            self._merge(buf, dx_planes[p0:p1])
+            op._merge(buf, dx_planes[p0:p1])
+        self._each_block(xp, grad.shape[0], dy.itemsize, block_grad)

@@ -543,3 +543,26 @@ def test_convolution_on_several_threads_matches_one(fields, shape, monkeypatch):
 def backend_seed(seed):
     from pycaffe_dist import backend
     backend.set_random_seed(seed)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_pooling_on_several_threads_matches_one(method, monkeypatch):
+    from pycaffe_dist.ops import pooling, threads
+    monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES", 2000)   # many blocks
+    monkeypatch.setattr(pooling, "GEMM_MAX_ENTRIES", 0)       # AVE by the two stages, not the GEMM
+    rng = numpy.random.default_rng(17)
+    x = distinct(rng, (3, 5, 9, 11))
+    dy = rng.standard_normal((3, 5, 5, 6))
+    results = []
+    for count in (1, 2, 3):
+        monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        layer = make_layer('name: "p" type: "Pooling" pooling_param { pool: %s kernel_size: 3 stride: 2 pad: 1 }'
+                           % method)
+        bottom, top = run(layer, x)
+        assert not getattr(layer.op, "use_gemm", False)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy()))
+    for got in results[1:]:
+        for a, b in zip(results[0], got):
+            numpy.testing.assert_array_equal(a, b)
