@@ -64,18 +64,18 @@ class Layer:
 
     def reshape(self, bottom, top):
         """Size the tops (`top[0].reshape(*shape)`); called before every forward."""
-        raise NotImplementedError("%s must define reshape(bottom, top) to size its tops"
-                                  % type(self).__name__)
+        raise TypeError("%s must define reshape(bottom, top) to size its tops"
+                        % type(self).__name__)
 
     def forward(self, bottom, top):
         """Compute `top[i].data` from `bottom[j].data`."""
-        raise NotImplementedError("%s must define forward(bottom, top)" % type(self).__name__)
+        raise TypeError("%s must define forward(bottom, top)" % type(self).__name__)
 
     def backward(self, top, propagate_down, bottom):
         """Compute `bottom[j].diff` where `propagate_down[j]`, from `top[i].diff`."""
         if any(propagate_down):
-            raise NotImplementedError("%s must define backward(top, propagate_down, bottom)"
-                                      % type(self).__name__)
+            raise TypeError("%s must define backward(top, propagate_down, bottom)"
+                            % type(self).__name__)
 
 
 def load_class(module_name, class_name, layer_name):

@@ -6,41 +6,42 @@ place, as the flat parameter buffers (DESIGN.md, contract 2) want. All ranks
 must make the same calls in the same order; a call blocks until the peers
 it involves have made theirs.
 """
+import abc
 
 
 class CommError(RuntimeError):
     """A collective that cannot complete: a peer is gone or the group was aborted."""
 
 
-class Communicator:
+class Communicator(abc.ABC):
     """`size` workers, this one numbered `rank` (0 is the root that logs and snapshots)."""
 
     rank = 0
     size = 1
 
+    @abc.abstractmethod
     def allreduce(self, buf):
         """Replace `buf` on every rank by the elementwise sum over all ranks."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reduce(self, buf, root=0):
         """Leave the elementwise sum over all ranks in `buf` on `root`; others keep theirs."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def bcast(self, buf, root=0):
         """Copy `root`'s `buf` into every rank's `buf`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def barrier(self):
         """Return once every rank has called barrier."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def send(self, buf, dest):
         """Send `buf` to rank `dest` (which calls recv with a buffer of the same size)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def recv(self, buf, source):
         """Fill `buf` with what rank `source` sends."""
-        raise NotImplementedError
 
     def close(self):
         """Release what the communicator holds (shared memory views, NCCL handles)."""
