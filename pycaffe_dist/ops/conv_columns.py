@@ -41,6 +41,16 @@ class _Columns:
         self.workspace = workspace
         self.tag = tag
         self.loaded = self.built = None   # which chunk of which array is in the buffers
+        # Index tuples and axis orders, worked out once: the chunk loops run
+        # hundreds of times per step and Python's share of them adds up.
+        dims = len(self.spatial)
+        self.padded = geometry.padded_shape(self.spatial)
+        self.interior = geometry.interior(self.spatial)
+        self.offsets = [tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s
+                              in zip(offset, geometry.dilation, self.out, geometry.stride))
+                        for offset in itertools.product(*[range(size) for size in geometry.kernel])]
+        self.to_last = (0,) + tuple(range(2, dims + 2)) + (1,)      # (n, C, *S) -> (n, *S, C)
+        self.to_first = (0, dims + 1) + tuple(range(1, dims + 1))   # and back
 
     def image_bytes(self, itemsize):
         """Column bytes per image: what sizes a chunk."""
@@ -70,11 +80,10 @@ class ChannelsLast(_Columns):
     def load(self, x, n0, n1, capacity, key=None):
         """Move images [n0, n1) of x (N, C, *S) into the padded channels-last buffer."""
         xp = backend.get_array_module(x)
-        g = self.geometry
-        shape = (n1 - n0,) + g.padded_shape(self.spatial) + (self.channels,)
+        shape = (n1 - n0,) + self.padded + (self.channels,)
         buf = self._buffer("input", shape, x.dtype, xp, capacity, fill=0)
         if key is None or key != self.loaded:
-            xp.copyto(buf[(slice(None),) + g.interior(self.spatial)], xp.moveaxis(x[n0:n1], 1, -1))
+            xp.copyto(buf[(slice(None),) + self.interior], x[n0:n1].transpose(self.to_last))
             self.loaded, self.built = key, None
         return buf
 
@@ -148,15 +157,15 @@ class ChannelsLast(_Columns):
         self.built = None   # the column buffer now holds gradients
         per_offset = wmat.reshape(self.group, volume, cg, -1).transpose(0, 1, 3, 2)
         xp.matmul(dyc[:, None], per_offset, out=dcol)
-        shape = (n,) + g.padded_shape(self.spatial) + (self.channels,)
+        shape = (n,) + self.padded + (self.channels,)
         grad = self._buffer("grad", shape, dx.dtype, xp, capacity)
         grad.fill(0)
-        for k, offset in enumerate(itertools.product(*[range(size) for size in g.kernel])):
-            index = (slice(None),) + tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s
-                                           in zip(offset, g.dilation, self.out, g.stride))
-            view = grad[index].reshape((n,) + self.out + (self.group, cg))
-            view += xp.moveaxis(dcol[:, k].reshape((self.group, n) + self.out + (cg,)), 0, -2)
-        xp.copyto(dx, xp.moveaxis(grad[(slice(None),) + g.interior(self.spatial)], -1, 1))
+        blocks = dcol.reshape((self.group, volume, n) + self.out + (cg,))
+        order = tuple(range(1, len(self.out) + 2)) + (0, len(self.out) + 2)   # group next to C/g
+        for k, index in enumerate(self.offsets):
+            view = grad[(slice(None),) + index].reshape((n,) + self.out + (self.group, cg))
+            view += blocks[:, k].transpose(order)
+        xp.copyto(dx, grad[(slice(None),) + self.interior].transpose(self.to_first))
 
 
 class ChannelsFirst(_Columns):
@@ -171,10 +180,10 @@ class ChannelsFirst(_Columns):
         g = self.geometry
         if not g.padded_input:
             return x[n0:n1]
-        shape = (n1 - n0, self.channels) + g.padded_shape(self.spatial)
+        shape = (n1 - n0, self.channels) + self.padded
         buf = self._buffer("input", shape, x.dtype, xp, capacity, fill=0)
         if key is None or key != self.loaded:
-            buf[(slice(None), slice(None)) + g.interior(self.spatial)] = x[n0:n1]
+            buf[(slice(None), slice(None)) + self.interior] = x[n0:n1]
             self.loaded, self.built = key, None
         return buf
 
@@ -240,15 +249,14 @@ class ChannelsFirst(_Columns):
         xp.matmul(wmat.transpose(0, 2, 1), dyc, out=dcol)
         blocks = dcol.reshape((self.group, cg, g.kernel_volume(), n) + self.out)
         if g.padded_input:
-            shape = (n, self.channels) + g.padded_shape(self.spatial)
+            shape = (n, self.channels) + self.padded
             grad = self._buffer("grad", shape, dx.dtype, xp, capacity)
         else:
             grad = dx
         grad.fill(0)
-        for k, offset in enumerate(itertools.product(*[range(size) for size in g.kernel])):
-            index = (slice(None), slice(None)) + tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, m, s
-                                                       in zip(offset, g.dilation, self.out, g.stride))
-            view = grad[index].reshape((n, self.group, cg) + self.out)
-            view += xp.moveaxis(blocks[:, :, k], 2, 0)
+        order = (2, 0, 1) + tuple(range(3, len(self.out) + 3))     # (g, C/g, n, *out) -> (n, g, C/g, *out)
+        for k, index in enumerate(self.offsets):
+            view = grad[(slice(None), slice(None)) + index].reshape((n, self.group, cg) + self.out)
+            view += blocks[:, :, k].transpose(order)
         if grad is not dx:
-            xp.copyto(dx, grad[(slice(None), slice(None)) + g.interior(self.spatial)])
+            xp.copyto(dx, grad[(slice(None), slice(None)) + self.interior])
