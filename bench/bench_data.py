@@ -123,10 +123,13 @@ def wait_share_lenet(iters):
     except Exception as e:  # noqa: BLE001 - the engine may not be able to build LeNet yet
         return None, f"LeNet not trainable here yet ({type(e).__name__}: {e})"
     data = [layer for layer in solver.net.layers if layer.type == "Data"][0]
-    solver.step(5)  # warm up
-    waited0, start = data.wait_seconds_total, time.perf_counter()
-    solver.step(iters)
-    elapsed = time.perf_counter() - start
+    try:
+        solver.step(5)  # warm up
+        waited0, start = data.wait_seconds_total, time.perf_counter()
+        solver.step(iters)
+        elapsed = time.perf_counter() - start
+    except Exception as e:  # noqa: BLE001 - an engine mid-change should not stop the data figures
+        return None, f"LeNet failed to train ({type(e).__name__}: {e})"
     share = (data.wait_seconds_total - waited0) / elapsed
     if hasattr(data, "close"):
         data.close()
