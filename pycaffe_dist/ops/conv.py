@@ -25,24 +25,14 @@ import math
 import numpy
 
 from .. import backend
-from . import threads
-from .conv_columns import ChannelsFirst, ChannelsLast
+from . import conv_cost, threads
+from .conv_batch_last import BatchLast
+from .conv_columns import ChannelsFirst, ChannelsLast  # noqa: F401  (the layouts, for tests and callers)
 from .workspace import Workspace
 
 # Column bytes per chunk on the CPU: about half of a 2 MB L2, so the columns
 # and the GEMM's other operands stay in cache.
 COLUMN_BYTES = 1 << 20
-
-# Cost model (ns, measured on a 2-core Xeon with numpy 2 and OpenBLAS): one
-# inner loop of a strided copy, one element copied or added in cache, one
-# element moved between channel-first and channel-last, and one GEMM flop in
-# each orientation (OpenBLAS runs the (positions, K) @ (K, O) product faster
-# than (O, K) @ (K, positions) when O is small).
-LOOP_NS = 8.0
-COPY_NS = 0.3
-TRANSPOSE_NS = 1.0
-FLOP_NS = {ChannelsLast: 1 / 100, ChannelsFirst: 1 / 70}
-
 
 def conv_out_size(size, kernel, stride, pad, dilation):
     """Caffe's convolution output size: rounds down."""
@@ -102,50 +92,6 @@ class ConvGeometry:
         return ConvGeometry(self.kernel, self.stride, pad, self.dilation)
 
 
-def _pass_costs(geometry, group, channels, outputs, spatial):
-    """Estimated ns per image of an im2col + GEMM pass in each layout."""
-    out = geometry.out_shape(spatial)
-    positions = math.prod(out)
-    volume = geometry.kernel_volume()
-    flops = 2 * positions * outputs * channels // group * volume
-    copies = positions * channels * volume * COPY_NS
-    # ChannelsFirst: one inner loop per channel, kernel offset and output row.
-    first = channels * volume * math.prod(out[:-1]) * LOOP_NS
-    # ChannelsLast: one per position and kernel row when a kernel row through
-    # all channels is contiguous, else one per position, offset and group.
-    merged = group == 1 and geometry.dilation[-1] == 1
-    runs = math.prod(geometry.kernel[:-1]) if merged else volume * group
-    last = positions * runs * LOOP_NS + (channels * math.prod(spatial) + outputs * positions) * TRANSPOSE_NS
-    return {ChannelsFirst: first + copies + flops * FLOP_NS[ChannelsFirst],
-            ChannelsLast: last + copies + flops * FLOP_NS[ChannelsLast]}
-
-
-def choose_layout(geometry, group, channels, outputs, spatial):
-    """ChannelsLast or ChannelsFirst for a pass, by the cost model."""
-    costs = _pass_costs(geometry, group, channels, outputs, spatial)
-    return min(costs, key=costs.get)
-
-
-def input_grad_by_convolution(geometry, group, channels, outputs, spatial):
-    """Whether the input gradient should run as the transposed convolution
-    (im2col + GEMM over the padded output gradient) rather than a GEMM into
-    column gradients plus col2im. The convolution computes every input
-    position from a full window, padding included: for a 'valid' convolution
-    (LeNet's, 12x12 from 8x8) that is 2.25 times the GEMM of col2im, whose
-    price is instead one strided add per position and kernel offset."""
-    transpose = geometry.transpose()
-    if transpose is None:
-        return False
-    out = geometry.out_shape(spatial)
-    by_convolution = min(_pass_costs(transpose, group, outputs, channels, out).values())
-    layout = choose_layout(geometry, group, channels, outputs, spatial)
-    positions, volume = math.prod(out), geometry.kernel_volume()
-    flops = 2 * positions * outputs * channels // group * volume
-    loops = positions * volume * group if layout is ChannelsLast else channels * volume * math.prod(out[:-1])
-    by_col2im = flops * FLOP_NS[layout] + loops * LOOP_NS + positions * channels * volume * COPY_NS
-    return by_convolution < by_col2im
-
-
 def _address(x):
     """What makes two array objects views of the same data: address, shape,
     strides (layers pass a fresh reshape of their blob every call)."""
@@ -167,29 +113,40 @@ class Convolution:
         self.geometry = geometry
         self.group = int(group)
         self.workspace = Workspace()
+        self.needs_dx = True       # learned from the backward calls
         self._lanes = {}
+        self._plans = {}
 
-    def _columns(self, role, lane, geometry, channels, outputs, spatial):
+    def _plan(self, x_shape, outputs, itemsize):
+        """conv_cost's Plan for this input shape, worked out once."""
+        key = (tuple(x_shape), outputs, itemsize, self.needs_dx)
+        if key not in self._plans:
+            self._plans[key] = conv_cost.plan(self.geometry, self.group, x_shape[1], outputs, x_shape[2:],
+                                              x_shape[0], itemsize, COLUMN_BYTES, self.needs_dx)
+        return self._plans[key]
+
+    def _columns(self, role, lane, layout, geometry, channels, outputs, spatial):
         """Lane `lane`'s columns object for one pass ("forward" or
-        "transpose"), kept while its shapes hold; its buffers are named after
-        the role and the lane."""
-        key = (geometry, channels, outputs, tuple(spatial))
+        "transpose"), kept while its layout and shapes hold; its buffers are
+        named after the role and the lane."""
+        key = (layout, geometry, channels, outputs, tuple(spatial))
         kept = self._lanes.get((role, lane))
         if kept is None or kept[0] != key:
-            layout = choose_layout(geometry, self.group, channels, outputs, spatial)
             cols = layout(geometry, self.group, channels, outputs, spatial, self.workspace, f"{role}{lane}:")
             kept = self._lanes[(role, lane)] = (key, cols)
         return kept[1]
 
     @staticmethod
     def _chunks(xp, n, itemsize, lanes, *passes):
-        """Image ranges whose columns (for every pass) fit in COLUMN_BYTES,
-        split into one contiguous run per lane, and the longest range's
-        length; on a GPU, one chunk."""
+        """Image ranges whose columns (for every pass) fit the layouts'
+        budgets, at least one per lane, split into one contiguous run per
+        lane; and the longest range's length. On a GPU, one chunk."""
         if xp is not numpy:
             return [[(0, n)]], n
-        per_image = max(p.image_bytes(itemsize) for p in passes)
-        size = max(1, min(n, COLUMN_BYTES // per_image))
+        size = min(conv_cost.images_per_chunk(COLUMN_BYTES * (conv_cost.BATCH_LAST_SCALE
+                                                              if isinstance(p, BatchLast) else 1),
+                                              p.image_bytes(itemsize), n) for p in passes)
+        size = max(1, min(size, -(-n // lanes)))
         chunks = [(n0, min(n, n0 + size)) for n0 in range(0, n, size)]
         return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], size
 
@@ -210,8 +167,9 @@ class Convolution:
         """y = conv(x) + bias; bias may be None."""
         xp = backend.get_array_module(x)
         c, o = x.shape[1], weight.shape[0]
+        layout = self._plan(x.shape, o, x.itemsize).layout
         lanes = threads.count(xp)
-        passes = [self._columns("forward", k, self.geometry, c, o, x.shape[2:]) for k in range(lanes)]
+        passes = [self._columns("forward", k, layout, self.geometry, c, o, x.shape[2:]) for k in range(lanes)]
         runs, capacity = self._chunks(xp, x.shape[0], x.itemsize, lanes, passes[0])
         wmat = passes[0].weights(weight)
         address = _address(x)
@@ -237,17 +195,21 @@ class Convolution:
             dbias += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
         if dweight is None and dx is None:
             return
+        self.needs_dx = dx is not None
         n, c = x.shape[:2]
         o = weight.shape[0]
-        by_convolution = dx is not None and input_grad_by_convolution(self.geometry, self.group, c, o, x.shape[2:])
+        plan = self._plan(x.shape, o, dy.itemsize)
+        by_convolution = dx is not None and plan.by_convolution
         col2im = dx is not None and not by_convolution
         lanes = threads.count(xp)
         forward = transpose = [None] * lanes
         if dweight is not None or col2im:
-            forward = [self._columns("forward", k, self.geometry, c, o, x.shape[2:]) for k in range(lanes)]
+            forward = [self._columns("forward", k, plan.layout, self.geometry, c, o, x.shape[2:])
+                       for k in range(lanes)]
         if by_convolution:
             geometry = self.geometry.transpose()
-            transpose = [self._columns("transpose", k, geometry, o, c, dy.shape[2:]) for k in range(lanes)]
+            transpose = [self._columns("transpose", k, plan.transpose_layout, geometry, o, c, dy.shape[2:])
+                         for k in range(lanes)]
             twmat = transpose[0].weights(self._transposed_weight(weight))
         runs, capacity = self._chunks(xp, n, dy.itemsize, lanes, *[p[0] for p in (forward, transpose) if p[0]])
         wmat = forward[0].weights(weight) if col2im else None

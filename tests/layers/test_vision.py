@@ -124,12 +124,18 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(params=["channels-last", "channels-first"])
+@pytest.fixture(params=["channels-last", "channels-first", "batch-last"])
 def conv_layout(request, monkeypatch):
     """Run a test under each column layout (the cost model picks one per pass)."""
-    from pycaffe_dist.ops import conv
-    layout = conv.ChannelsLast if request.param == "channels-last" else conv.ChannelsFirst
-    monkeypatch.setattr(conv, "choose_layout", lambda *args, **kwargs: layout)
+    from pycaffe_dist.ops import conv, conv_cost
+    layout = {"channels-last": conv.ChannelsLast, "channels-first": conv.ChannelsFirst,
+              "batch-last": conv.BatchLast}[request.param]
+    plan = conv_cost.plan
+
+    def forced(*args, **kwargs):
+        chosen = plan(*args, **kwargs)
+        return chosen._replace(layout=layout, transpose_layout=chosen.transpose_layout and layout)
+    monkeypatch.setattr(conv_cost, "plan", forced)
     return request.param
 
 
@@ -229,18 +235,19 @@ def test_convolution_gradients(fields, shape, monkeypatch):
     numpy.testing.assert_allclose(bottom[0].diff, once[-1])
 
 
-def test_layout_cost_model_on_lenet_and_cifar():
+def test_cost_model_on_lenet_and_cifar():
     # Few channels and long rows (first layers) read columns straight from
-    # NCHW; many channels and short rows go channels-last.
+    # NCHW; many channels go channels-last; a same-padded layer takes its
+    # input gradient as a convolution, a 'valid' one by col2im.
     from pycaffe_dist.ops import ConvGeometry
-    from pycaffe_dist.ops.conv import ChannelsFirst, ChannelsLast, choose_layout
-    g = ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1))
-    assert choose_layout(g, 1, 1, 20, (28, 28)) is ChannelsFirst
-    assert choose_layout(g, 1, 20, 50, (12, 12)) is ChannelsLast
-    assert choose_layout(g.transpose(), 1, 50, 20, (8, 8)) is ChannelsLast
-    padded = ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1))
-    assert choose_layout(padded, 1, 3, 32, (32, 32)) is ChannelsFirst
-    assert choose_layout(padded, 1, 32, 32, (16, 16)) is ChannelsLast
+    from pycaffe_dist.ops.conv import ChannelsFirst, ChannelsLast
+    from pycaffe_dist.ops.conv_cost import plan
+    valid, same = ConvGeometry((5, 5), (1, 1), (0, 0), (1, 1)), ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1))
+    assert plan(valid, 1, 1, 20, (28, 28), 64, 4, 1 << 20, needs_dx=False).layout is ChannelsFirst
+    assert not plan(valid, 1, 20, 50, (12, 12), 64, 4, 1 << 20).by_convolution
+    assert plan(same, 1, 3, 32, (32, 32), 100, 4, 1 << 20, needs_dx=False).layout is ChannelsFirst
+    conv2 = plan(same, 1, 32, 32, (16, 16), 100, 4, 1 << 20)
+    assert conv2.layout is ChannelsLast and conv2.by_convolution and conv2.transpose_layout is ChannelsLast
 
 
 def test_input_gradient_is_a_convolution_where_the_geometry_allows():
@@ -268,9 +275,10 @@ def test_convolution_skips_what_is_not_asked(conv_layout):
 def test_convolution_builds_columns_once_per_iteration(conv_layout, monkeypatch):
     # Backward reuses forward's columns even though the layer hands the op a
     # fresh reshape of the blob each call; a new forward rebuilds them.
-    from pycaffe_dist.ops import ConvGeometry
+    from pycaffe_dist.ops import ConvGeometry, threads
     builds = []
     as_strided = numpy.lib.stride_tricks.as_strided
+    monkeypatch.setattr(threads, "count", lambda xp=None: 1)       # one chunk
 
     def counting(x, shape, strides):
         builds.append(0)
