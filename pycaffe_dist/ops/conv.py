@@ -1,5 +1,4 @@
-"""Convolution as im2col + GEMM in cache-sized chunks of images, any number
-of spatial axes.
+"""Convolution as im2col + GEMM in chunks of images, any number of spatial axes.
 
 Where the time went in the first version: whole-batch column matrices
 (80 MB for cifar10_quick's conv2) run OpenBLAS at a third of its speed on
@@ -8,13 +7,14 @@ as much again. So:
 
 * The batch is cut into chunks whose columns fit in L2 (COLUMN_BYTES); each
   chunk's columns are built, multiplied and consumed while still in cache.
-* Each pass picks its column layout (conv_columns.ChannelsLast or
-  ChannelsFirst) with a small cost model: the copy's inner loops, the
-  transposes, and the GEMM orientation's speed.
+  The chunks run on ops.threads' threads, one contiguous run each.
+* Three column layouts (conv_columns.ChannelsLast and ChannelsFirst,
+  conv_batch_last.BatchLast) trade the copies' inner loops against
+  transposes and GEMM speed; conv_cost picks one per layer and shape.
 * The input gradient of a stride-1 convolution is itself a convolution (of
-  the padded output gradient with the flipped, transposed weights), so it
-  runs as im2col + GEMM too and col2im's overlapping adds are gone. Strided
-  convolutions keep col2im.
+  the padded output gradient with the flipped, transposed weights), which
+  needs no col2im; conv_cost decides when that pays (same padding) and
+  when col2im does ('valid' convolutions, which would compute 2.25x more).
 * Backward visits the chunks in reverse, so the first chunk it needs is the
   one whose columns forward left in the buffer: a one-chunk layer builds its
   columns once per iteration.
