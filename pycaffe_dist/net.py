@@ -279,6 +279,18 @@ class Net:
         for i, layer in enumerate(self.layers):
             layer.reshape([self.blobs[n] for n in self.bottom_ids[i]], [self.blobs[n] for n in self.top_ids[i]])
 
+    def data_wait_seconds(self):
+        """Total seconds this net's data layers waited for prefetched batches (None without any)."""
+        waits = [layer.wait_seconds_total for layer in self.layers if hasattr(layer, "wait_seconds_total")]
+        return sum(waits) if waits else None
+
+    def close(self):
+        """Stop what layers run in the background (prefetch threads), and close their files."""
+        for layer in self.layers:
+            close = getattr(layer, "close", None)
+            if close is not None:
+                close()
+
     def clear_param_diffs(self):
         self.flat_diff[...] = 0
 

@@ -211,8 +211,19 @@ class Solver:
         log.info("Iteration %d (%g iter/s, %.3fs/%d iters), loss = %g",
                  self.iter, speed, elapsed, self.param.display, self.smoothed_loss)
         self.iteration_timer = now
+        self._log_data_wait(elapsed)
         self._log_outputs(self.net, "Train", {n: self.net.blobs[n].data for n in self.net.outputs})
         return self.iter
+
+    def _log_data_wait(self, elapsed):
+        """How much of the last display interval the solver spent waiting for prefetched batches."""
+        waited = self.net.data_wait_seconds()
+        if waited is None:
+            return
+        delta, self._data_wait_mark = waited - getattr(self, "_data_wait_mark", 0.0), waited
+        if elapsed > 0:
+            log.info("    Waited for data %.3fs (%.1f%% of the time since the last display)",
+                     delta, 100.0 * delta / elapsed)
 
     def _log_outputs(self, net, kind, values):
         k = 0
@@ -244,6 +255,11 @@ class Solver:
         if p.test_interval and self.iter % p.test_interval == 0 and self.is_root:
             self.test_all()
         log.info("Optimization Done.")
+
+    def close(self):
+        """Stop the data pipelines of the train and test nets (their threads and processes)."""
+        for net in [self.net] + list(self.test_nets):
+            net.close()
 
     def test_all(self):
         self.last_test_scores = [self.test(i) for i in range(len(self.test_nets))]

@@ -97,9 +97,12 @@ def main(argv):
         for path in args.weights.split(","):
             log.info("Finetuning from %s", path)
             solver.net.copy_from(path)
-    with SignalActions(args.sigint_effect, args.sighup_effect) as actions, TrainingProgress(solver):
-        solver.action_request = actions
-        solver.solve(resume=args.snapshot)
+    try:
+        with SignalActions(args.sigint_effect, args.sighup_effect) as actions, TrainingProgress(solver):
+            solver.action_request = actions
+            solver.solve(resume=args.snapshot)
+    finally:
+        solver.close()
     return 0
 
 
