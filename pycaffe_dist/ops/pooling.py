@@ -21,13 +21,10 @@ the first maximum in row-major order, as Caffe's loop does; the backward pass
 routes the gradient back through the two chains with a multiply and a
 subtract per offset.
 
-Average pooling is linear: for small planes it is one GEMM with a (H*W, OH*OW)
-matrix of window weights 1/pool_size (Caffe's pool size counts padding up to
-H + pad); bigger planes use the same two stages with sums.
+Average pooling (average_pooling.py) uses the same two stages with sums.
 """
 import copy
 import functools
-import math
 
 import numpy
 
@@ -35,13 +32,7 @@ from .. import backend
 from . import threads
 from .workspace import Workspace
 
-# Average pooling is a GEMM when its (H*W, OH*OW) matrix has at most this
-# many entries, and the GEMM does at most GEMM_FACTOR times the additions of
-# the separable sums (a GEMM flop is that much cheaper than a numpy add).
-GEMM_MAX_ENTRIES = 1 << 20
-GEMM_FACTOR = 32
-
-# Input bytes per block of planes on the CPU (see _TwoStage).
+# Input bytes per block of planes on the CPU (see TwoStage).
 PLANE_BLOCK_BYTES = 1 << 18
 
 
@@ -107,7 +98,7 @@ class PoolGeometry:
         return (i % sh) * self.phase_rows + oh + i // sh
 
 
-class _TwoStage:
+class TwoStage:
     """Phase buffers and slices shared by max and average pooling.
 
     The planes go in blocks of PLANE_BLOCK_BYTES of input, so a block's
@@ -241,7 +232,7 @@ class _TwoStage:
         return self.scratch.get(name, (block, g.out_size[0], g.phase_cols), dtype, xp, fill=0)[:nb]
 
 
-class MaxPooling(_TwoStage):
+class MaxPooling(TwoStage):
     """Max pooling; a tracked forward remembers where each maximum came from."""
 
     def __init__(self, geometry):
@@ -393,95 +384,3 @@ class GlobalMaxPooling:
         flat = dx.reshape(n * c, -1)
         flat.fill(0)
         flat[xp.arange(n * c), self.index] = dy.reshape(-1)
-
-
-def _average_weights(size, kernel, stride, pad, out):
-    """(out, size) matrix of one axis' window weights: 1/extent on the window
-    clipped to the input, where extent counts padding up to size + pad."""
-    weights = numpy.zeros((out, size))
-    for o in range(out):
-        start = o * stride - pad
-        end = min(start + kernel, size + pad)
-        weights[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
-    return weights
-
-
-class AveragePooling(_TwoStage):
-    """Average pooling with Caffe's divisor (padding counts, the overhang past it does not)."""
-
-    def __init__(self, geometry):
-        super().__init__(geometry)
-        g = geometry
-        self.rows = _average_weights(g.in_size[0], g.kernel[0], g.stride[0], g.pad[0], g.out_size[0])
-        self.cols = _average_weights(g.in_size[1], g.kernel[1], g.stride[1], g.pad[1], g.out_size[1])
-        entries = math.prod(g.in_size) * math.prod(g.out_size)
-        separable_adds = (g.kernel[1] + g.kernel[0]) * g.plane_size
-        self.use_gemm = entries <= GEMM_MAX_ENTRIES and entries <= GEMM_FACTOR * separable_adds
-        self._cache = {}
-
-    def _constant(self, name, xp, dtype, make):
-        key = (name, numpy.dtype(dtype), xp)
-        if key not in self._cache:
-            self._cache[key] = backend.to_device(make().astype(dtype), xp)
-        return self._cache[key]
-
-    def _operator(self, xp, dtype):
-        """The (H*W, OH*OW) matrix with y_plane = x_plane @ M."""
-        g = self.geometry
-        return self._constant("operator", xp, dtype, lambda: numpy.einsum(
-            "ah,bw->hwab", self.rows, self.cols).reshape(math.prod(g.in_size), math.prod(g.out_size)))
-
-    def _inverse_pool_size(self, xp, dtype):
-        # A window's weight on either axis is 1/extent, so the largest weight
-        # in each row of the per-axis matrices gives the divisor's factors.
-        return self._constant("inverse", xp, dtype, lambda: numpy.outer(self.rows.max(axis=1),
-                                                                        self.cols.max(axis=1)))
-
-    def forward(self, x, y, track=True):
-        xp = backend.get_array_module(x)
-        n, c = x.shape[:2]
-        if self.use_gemm:
-            xp.matmul(x.reshape(n * c, -1), self._operator(xp, x.dtype), out=y.reshape(n * c, -1))
-            return
-        g = self.geometry
-        planes, out = self._planes(x), self._planes(y)
-        inverse = self._inverse_pool_size(xp, x.dtype)
-
-        def block_average(op, p0, p1, block):
-            nb = p1 - p0
-            buf = op._split(xp, planes[p0:p1], block, 0)
-            partial = op._partial(xp, nb, x.dtype)
-            op._sum(xp, op._stage1_views(buf, nb), partial.reshape(-1))
-            result = op._wide(xp, block, nb, x.dtype, "result")
-            op._sum(xp, op._stage2_views(partial), result)
-            xp.multiply(result[:, :, :g.out_size[1]], inverse, out=out[p0:p1])
-        self._each_block(xp, planes.shape[0], x.itemsize, block_average)
-
-    @staticmethod
-    def _sum(xp, views, out):
-        xp.copyto(out, views[0])
-        for v in views[1:]:
-            out += v
-
-    def backward(self, dy, dx, x=None):
-        xp = backend.get_array_module(dy)
-        n, c = dy.shape[:2]
-        if self.use_gemm:
-            xp.matmul(dy.reshape(n * c, -1), self._operator(xp, dy.dtype).T, out=dx.reshape(n * c, -1))
-            return
-        g = self.geometry
-        grad, dx_planes = self._planes(dy), self._planes(dx)
-        inverse = self._inverse_pool_size(xp, dy.dtype)
-
-        def block_grad(op, p0, p1, block):
-            nb = p1 - p0
-            scaled = op._wide(xp, block, nb, dy.dtype, "grad")
-            xp.multiply(grad[p0:p1], inverse, out=scaled[:, :, :g.out_size[1]])
-            partial = op._partial_grad(xp, nb, dy.dtype, add=True)
-            for view in op._stage2_views(partial):
-                view += scaled
-            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=True)
-            for view in op._stage1_views(buf, nb):
-                view += partial.reshape(-1)
-            op._merge(buf, dx_planes[p0:p1])
-        self._each_block(xp, grad.shape[0], dy.itemsize, block_grad)

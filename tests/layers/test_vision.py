@@ -555,9 +555,9 @@ def backend_seed(seed):
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 def test_pooling_on_several_threads_matches_one(method, monkeypatch):
-    from pycaffe_dist.ops import pooling, threads
-    monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES", 2000)   # many blocks
-    monkeypatch.setattr(pooling, "GEMM_MAX_ENTRIES", 0)       # AVE by the two stages, not the GEMM
+    from pycaffe_dist.ops import average_pooling, pooling, threads
+    monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES", 2000)          # many blocks
+    monkeypatch.setattr(average_pooling, "GEMM_MAX_ENTRIES", 0)      # AVE by the two stages, not the GEMM
     rng = numpy.random.default_rng(17)
     x = distinct(rng, (3, 5, 9, 11))
     dy = rng.standard_normal((3, 5, 5, 6))
