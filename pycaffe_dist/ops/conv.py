@@ -127,13 +127,15 @@ class Convolution:
 
     def _columns(self, role, lane, layout, geometry, channels, outputs, spatial):
         """Lane `lane`'s columns object for one pass ("forward" or
-        "transpose"), kept while its layout and shapes hold; its buffers are
-        named after the role and the lane."""
-        key = (layout, geometry, channels, outputs, tuple(spatial))
-        kept = self._lanes.get((role, lane))
+        "transpose") in one layout, kept while its shapes hold; its buffers
+        are named after all three. (A Deconvolution alternates between two
+        plans, its forward's and its weight gradient's, and keeps both.)"""
+        key = (geometry, channels, outputs, tuple(spatial))
+        kept = self._lanes.get((role, lane, layout))
         if kept is None or kept[0] != key:
-            cols = layout(geometry, self.group, channels, outputs, spatial, self.workspace, f"{role}{lane}:")
-            kept = self._lanes[(role, lane)] = (key, cols)
+            cols = layout(geometry, self.group, channels, outputs, spatial, self.workspace,
+                          f"{role}{lane}{layout.__name__}:")
+            kept = self._lanes[(role, lane, layout)] = (key, cols)
         return kept[1]
 
     @staticmethod
