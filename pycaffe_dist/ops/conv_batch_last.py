@@ -17,8 +17,8 @@ from .layout import from_batch_last, to_batch_last
 
 
 class BatchLast(ChannelsFirst):
-    """Columns (g, K/g, positions * n), images last; the weights, GEMMs and
-    weight gradient are ChannelsFirst's, only the position order differs."""
+    """Columns (g, K/g, positions * n), images last; the weights and their
+    gradient's layout are ChannelsFirst's."""
 
     def load(self, x, n0, n1, capacity, key=None):
         xp = backend.get_array_module(x)
@@ -59,6 +59,13 @@ class BatchLast(ChannelsFirst):
         dyc = self._flat("dy", self.outputs * count, dy.dtype, xp)
         to_batch_last(dy, dyc.reshape((self.outputs,) + self.out + (dy.shape[0],)))
         return dyc.reshape(self.group, self.outputs // self.group, count)
+
+    def weight_grad(self, col, dyc, acc):
+        """acc (g, K/g, O/g) += col @ dyc^T (faster in OpenBLAS than dyc @ col^T)."""
+        xp = backend.get_array_module(col)
+        part = self.workspace.get(self.tag + "wpart", acc.shape, acc.dtype, xp)
+        xp.matmul(col, dyc.transpose(0, 2, 1), out=part)
+        acc += part
 
     def col2im(self, dyc, wmat, dx, capacity):
         """Each kernel offset's column gradients, (C, *out, n), added to the

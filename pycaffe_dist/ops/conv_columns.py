@@ -203,33 +203,33 @@ class ChannelsFirst(_Columns):
             self.built = key
         return col.reshape(self.group, self.k_group, count)
 
+    def _per_image(self, col, n):
+        """The columns as (n, g, K/g, positions): one matrix per image."""
+        return col.reshape(self.group, self.k_group, n, self.positions).transpose(2, 0, 1, 3)
+
     def forward(self, col, wmat, y, bias):
+        """One GEMM per image straight into y[n], which is already (O,
+        positions): no product buffer, no move to NCHW."""
         xp = backend.get_array_module(col)
-        g, og = self.group, self.outputs // self.group
         n = y.shape[0]
-        prod = self._flat("prod", g * og * col.shape[2], col.dtype, xp).reshape(g, og, col.shape[2])
-        xp.matmul(wmat, col, out=prod)
-        src = prod.reshape(g, og, n, self.positions).transpose(2, 0, 1, 3)
-        dst = y.reshape(n, g, og, self.positions)
-        if bias is None:
-            xp.copyto(dst, src)
-        else:
-            xp.add(src, bias.reshape(g, og, 1), out=dst)
+        out = y.reshape(n, self.group, self.outputs // self.group, self.positions)
+        xp.matmul(wmat, self._per_image(col, n), out=out)
+        if bias is not None:
+            out += bias.reshape(self.group, -1, 1)
 
     def output_grad(self, dy):
-        xp = backend.get_array_module(dy)
-        g, og = self.group, self.outputs // self.group
-        n = dy.shape[0]
-        dyc = self._flat("dy", g * og * n * self.positions, dy.dtype, xp)
-        xp.copyto(dyc.reshape(g, og, n, self.positions), dy.reshape(n, g, og, self.positions).transpose(1, 2, 0, 3))
-        return dyc.reshape(g, og, n * self.positions)
+        """The GEMMs read dy (n, O, *out) where it is."""
+        return dy
 
-    def weight_grad(self, col, dyc, acc):
-        """acc (g, K/g, O/g) += col @ dyc^T (faster in OpenBLAS than dyc @ col^T)."""
+    def weight_grad(self, col, dy, acc):
+        """acc (g, K/g, O/g) += sum over images of col[n] @ dy[n]^T."""
         xp = backend.get_array_module(col)
-        part = self.workspace.get(self.tag + "wpart", acc.shape, acc.dtype, xp)
-        xp.matmul(col, dyc.transpose(0, 2, 1), out=part)
-        acc += part
+        n, g, og = dy.shape[0], self.group, self.outputs // self.group
+        part = self.workspace.prefix(self.tag + "wpart", (n, g, self.k_group, og), acc.dtype, xp)
+        xp.matmul(self._per_image(col, n), dy.reshape(n, g, og, self.positions).transpose(0, 1, 3, 2), out=part)
+        total = self.workspace.get(self.tag + "wsum", acc.shape, acc.dtype, xp)
+        part.sum(axis=0, out=total)
+        acc += total
 
     def accumulator(self, dtype, xp):
         og = self.outputs // self.group
@@ -238,12 +238,15 @@ class ChannelsFirst(_Columns):
     def add_weight_grad(self, acc, dweight):
         dweight += acc.transpose(0, 2, 1).reshape(dweight.shape)
 
-    def col2im(self, dyc, wmat, dx, capacity):
-        xp = backend.get_array_module(dyc)
-        g, cg = self.geometry, self.channels // self.group
+    def col2im(self, dy, wmat, dx, capacity):
+        xp = backend.get_array_module(dy)
+        g, cg, og = self.geometry, self.channels // self.group, self.outputs // self.group
         n = dx.shape[0]
         count = n * self.positions
-        dcol = self._flat("col", self.group * self.k_group * count, dyc.dtype, xp)
+        dyc = self._flat("dy", self.outputs * count, dy.dtype, xp).reshape(self.group, og, n, self.positions)
+        xp.copyto(dyc, dy.reshape(n, self.group, og, self.positions).transpose(1, 2, 0, 3))
+        dyc = dyc.reshape(self.group, og, count)
+        dcol = self._flat("col", self.group * self.k_group * count, dy.dtype, xp)
         dcol = dcol.reshape(self.group, self.k_group, count)
         self.built = None   # the column buffer now holds gradients
         xp.matmul(wmat.transpose(0, 2, 1), dyc, out=dcol)
