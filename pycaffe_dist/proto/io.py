@@ -99,11 +99,13 @@ def write_atomic(path, payload):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path     # a full disk fails in write(), which names no file
         raise
 
 

@@ -42,6 +42,10 @@ def user_errors(command):
             except FileNotFoundError as e:
                 print("pycaffe-dist %s: error: %s: no such file" % (command, e.filename), file=sys.stderr)
                 return 1
+            except OSError as e:      # a full disk, a read-only folder, a missing permission
+                where = "%s: " % e.filename if e.filename else ""
+                print("pycaffe-dist %s: error: %s%s" % (command, where, e.strerror or e), file=sys.stderr)
+                return 1
             except KeyboardInterrupt:
                 print("pycaffe-dist %s: interrupted" % command, file=sys.stderr)
                 return 130
