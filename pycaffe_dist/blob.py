@@ -1,7 +1,18 @@
 """Blob: a named N-D array with its gradient, as in Caffe."""
+import os
+
 import numpy
 
 from . import backend
+
+MAX_COUNT = 2 ** 31 - 1   # Caffe's Blob::Reshape refuses more; it also stops absurd prototxt sizes early
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 class Blob:
@@ -30,7 +41,17 @@ class Blob:
             raise ValueError("blob dimensions must be non-negative, got %s" % (shape,))
         if shape == self._shape:
             return
-        count = int(numpy.prod(shape, dtype=numpy.int64))
+        count = 1
+        for d in shape:                 # Python ints: a hostile shape must not wrap around
+            count *= d
+        if count > MAX_COUNT:
+            raise ValueError("blob shape %s holds %d elements, above the limit of %d (2**31 - 1, as Caffe)"
+                             % (" x ".join(map(str, shape)), count, MAX_COUNT))
+        need = 2 * count * self.dtype.itemsize     # data and diff
+        if self.xp is numpy and need > _physical_memory():
+            raise ValueError("blob shape %s needs %.1f GiB for data and diff, more than this machine's "
+                             "%.1f GiB of memory" % (" x ".join(map(str, shape)), need / 2**30,
+                                                     _physical_memory() / 2**30))
         if self._data is not None and self._data.size == count:
             self._data = self._data.reshape(shape)
             self._diff = self._diff.reshape(shape)
