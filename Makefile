@@ -11,6 +11,7 @@ help:
 	@echo "make test   run the whole test suite"
 	@echo "make lint   ruff over the package, tests and tools"
 	@echo "make proto  regenerate caffe.proto and caffe_pb2.py from the schema tables"
+	@echo "make fuzz   fuzz the readers with 100,000 inputs each (FUZZ_EXAMPLES=n to change)"
 	@echo "make bench  run the benchmarks (installs torch==2.13.0 as the baseline)"
 
 $(STAMP): setup.py
@@ -34,6 +35,9 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(PY) tools/gen_proto.py
 	cd pycaffe_dist/proto && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. caffe.proto
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/reliability/test_fuzz.py --durations=0
 
 bench: $(STAMP)
 	$(PIP) install -q "torch==2.13.0"

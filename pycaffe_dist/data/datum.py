@@ -66,6 +66,8 @@ def datum_to_array(datum, color=None, key=None):
         except image.ImageError as e:
             raise DatumError(str(e)) from None
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 0:      # int32 fields; a negative one would reach reshape (fuzzer-found)
+        raise DatumError(f"record {_name(key)}: negative shape {_dims(shape)}")
     count = shape[0] * shape[1] * shape[2]
     if datum.data:
         if len(datum.data) != count:

@@ -52,7 +52,9 @@ def read_idx(path, expect_magic):
     if len(raw) < header:
         raise IdxError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
     shape = struct.unpack(f">{axes}I", raw[4:header])
-    need = int(numpy.prod(shape, dtype=numpy.int64))
+    need = 1
+    for d in shape:             # Python ints: int64 wraps on a hostile header (fuzzer-found)
+        need *= d
     have = len(raw) - header
     if have < need:
         raise IdxError(f"{path}: truncated: header promises {' x '.join(map(str, shape))} = {need} "
