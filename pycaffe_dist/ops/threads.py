@@ -1,18 +1,24 @@
 """Running an op's chunks on several CPU threads.
 
 The ops cut their work into cache-sized chunks (images for convolution,
-plane blocks for pooling). With T BLAS threads allowed, the chunks are
-split into T contiguous runs, one per thread, and BLAS is held to one thread
-meanwhile: OpenBLAS splitting a small per-chunk GEMM across cores costs more
-than it gains, and numpy's copies, which are half the work, never use more
-than the calling thread. numpy releases the GIL inside its copies and GEMMs,
-so the threads overlap everywhere but in the Python glue between calls.
+plane blocks for pooling). With T threads allowed, the chunks are split
+into T contiguous runs, one per thread. numpy releases the GIL inside its
+copies and GEMMs, so the threads overlap everywhere but in the Python glue
+between calls.
 
-The thread count follows BLAS's: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS,
-or a threadpoolctl limit (the parallel launcher sets one while worker
-threads train, so ops inside them stay serial). Without threadpoolctl the
-ops run serially. A given thread count always splits the same way, so its
-results are reproducible to the bit; one thread gives the serial order.
+T is what BLAS was given (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, or a
+threadpoolctl limit), and the first op to use it takes it over: BLAS is set
+to one thread for the rest of the process. Measured on 2 busy cores, a
+multi-threaded OpenBLAS made LeNet's step 2.5x slower and cifar10_quick's
+15x: its threads split GEMMs far too small to share and then spin waiting
+for the next one, on the very cores the ops' threads need. The ops'
+threads run every convolution and pooling chunk instead; other GEMMs
+(InnerProduct) run on one thread. Without threadpoolctl BLAS is left alone
+and the ops run serially. Worker threads of the parallel launcher (which
+limits BLAS while they train) always run serially.
+
+A given thread count always splits the same way, so its results are
+reproducible to the bit; one thread gives the serial order.
 """
 import concurrent.futures
 import threading
@@ -20,7 +26,7 @@ import threading
 import numpy
 
 _lock = threading.Lock()
-_state = {"blas": None, "pool": None, "pool_size": 0}
+_state = {"blas": None, "pool": None, "pool_size": 0, "threads": 0}
 
 
 def _blas():
@@ -36,11 +42,18 @@ def _blas():
 
 
 def count(xp=numpy):
-    """Threads an op on `xp` arrays may use now (1 on a GPU, or off the main thread)."""
+    """Threads an op on `xp` arrays may use now: BLAS's thread count, taken
+    over on first sight (see above); 1 on a GPU or off the main thread."""
     if xp is not numpy or threading.current_thread() is not threading.main_thread():
         return 1
     blas = _blas()
-    return max(1, blas.get_num_threads()) if blas else 1
+    if not blas:
+        return 1
+    current = blas.get_num_threads()
+    if current > 1:         # set by the user (again): ours from now on
+        _state["threads"] = current
+        blas.set_num_threads(1)
+    return _state["threads"] or 1
 
 
 def split(items, parts):
@@ -56,11 +69,9 @@ def split(items, parts):
 
 def run(tasks):
     """Call every task (no arguments), the first on this thread and the rest
-    on the pool, with BLAS on one thread until all have finished. Re-raises
-    the first task's error."""
-    blas = _blas()
-    if len(tasks) == 1 or not blas:
-        return [task() for task in tasks]
+    on the pool. Re-raises the first task's error."""
+    if len(tasks) == 1:
+        return [tasks[0]()]
     with _lock:
         if _state["pool_size"] < len(tasks) - 1:
             if _state["pool"] is not None:
@@ -68,12 +79,9 @@ def run(tasks):
             _state["pool"] = concurrent.futures.ThreadPoolExecutor(len(tasks) - 1, "pycaffe-dist-op")
             _state["pool_size"] = len(tasks) - 1
         pool = _state["pool"]
-    before = blas.get_num_threads()
-    blas.set_num_threads(1)
+    futures = [pool.submit(task) for task in tasks[1:]]
     try:
-        futures = [pool.submit(task) for task in tasks[1:]]
         first = tasks[0]()
         return [first] + [f.result() for f in futures]
     finally:
         concurrent.futures.wait(futures)
-        blas.set_num_threads(before)
