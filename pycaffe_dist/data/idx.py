@@ -59,7 +59,10 @@ def read_idx(path, expect_magic):
     if have < need:
         raise IdxError(f"{path}: truncated: header promises {' x '.join(map(str, shape))} = {need} "
                        f"bytes of data, file holds {have}")
-    return numpy.frombuffer(raw, numpy.uint8, count=need, offset=header).reshape(shape)
+    try:
+        return numpy.frombuffer(raw, numpy.uint8, count=need, offset=header).reshape(shape)
+    except ValueError:      # an empty axis beside axes too large to address (fuzzer-found)
+        raise IdxError(f"{path}: impossible shape {' x '.join(map(str, shape))}") from None
 
 
 def write_idx(path, array):
