@@ -1,4 +1,5 @@
-"""The two column layouts convolution-as-GEMM uses, for one chunk of images.
+"""Two of the column layouts convolution-as-GEMM uses, for one chunk of
+images (the third, BatchLast, is in conv_batch_last.py).
 
 numpy pays per inner loop of a strided copy, and OpenBLAS is fastest when
 the long axis of a skinny product (positions) is the row axis of a
@@ -12,13 +13,14 @@ orientation:
   price is transposing the input and the output (and their gradients), all
   in cache because a chunk is small. Best with many channels (conv2, conv3).
 * ChannelsFirst: columns (group, C/group, *kernel, n, *out) straight from
-  (n, C, *padded): no transposes, but an inner run is one output row (OW
-  values), so it only pays when C*kw is smaller than OW (a first layer on
-  RGB or grey images).
+  (n, C, *padded), and one GEMM per image writing its (O, positions) output
+  in place: no transposes at all, but an inner run of the copy is one output
+  row (OW values), so it only pays when C*kw is smaller than OW (a first
+  layer on RGB or grey images).
 
 Both give the weight gradient from the same columns and can scatter column
-gradients back (col2im) for the strided convolutions whose input gradient is
-not itself a convolution. Every buffer is sized for the largest chunk and
+gradients back (col2im) for the convolutions whose input gradient is not
+made as a convolution. Every buffer is sized for the largest chunk and
 comes from the op's Workspace, so the steady state allocates nothing.
 """
 import itertools
@@ -28,7 +30,7 @@ from .. import backend
 
 
 class _Columns:
-    """Buffers and shapes shared by both layouts for one geometry."""
+    """Buffers and shapes shared by the layouts for one geometry."""
 
     def __init__(self, geometry, group, channels, outputs, spatial, workspace, tag):
         self.geometry = geometry
