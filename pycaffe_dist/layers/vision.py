@@ -73,14 +73,14 @@ class _ConvolutionBase(Layer):
         self.setup_op(p, bottom)
 
     def setup_op(self, p, bottom):
-        raise NotImplementedError
+        raise TypeError("%s must define setup_op()" % type(self).__name__)
 
     def top_spatial(self, spatial):
         """The top's spatial shape for a bottom's."""
         return self.geometry.out_shape(spatial)
 
     def top_channels(self):
-        raise NotImplementedError
+        raise TypeError("%s must define top_channels()" % type(self).__name__)
 
     def reshape(self, bottom, top):
         shape = tuple(bottom[0].shape)
@@ -122,7 +122,7 @@ class _WeightedConvolution(_ConvolutionBase):
         self.param_propagate_down = [True] * len(self.blobs)
 
     def weight_shape(self):
-        raise NotImplementedError
+        raise TypeError("%s must define weight_shape()" % type(self).__name__)
 
     def top_channels(self):
         return self.num_output

@@ -43,7 +43,7 @@ class Communicator(abc.ABC):
     def recv(self, buf, source):
         """Fill `buf` with what rank `source` sends."""
 
-    def close(self):
+    def close(self):  # noqa: B027 - optional: most communicators hold nothing
         """Release what the communicator holds (shared memory views, NCCL handles)."""
 
 
