@@ -3,31 +3,10 @@ import math
 
 import numpy
 import pytest
-from google.protobuf import text_format
 
-from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
 from pycaffe_dist.layers import LayerError, layer_class
-from pycaffe_dist.proto import caffe_pb2
-from tests.layers.test_common import assert_same_on_both_backends, needs_gpu
-
-
-def make_layer(text, phase=0):
-    param = text_format.Parse(text, caffe_pb2.LayerParameter())
-    layer = layer_class(param.type)(param, phase)
-    layer.dtype = numpy.float64
-    return layer
-
-
-def blob_of(values):
-    values = numpy.asarray(values, dtype=numpy.float64)
-    blob = Blob(values.shape, dtype=numpy.float64)
-    blob.data[...] = values
-    return blob
-
-
-def tops(n=1):
-    return [Blob((), dtype=numpy.float64) for _ in range(n)]
+from tests.layers.test_common import assert_same_on_both_backends, blob_of, make_layer, needs_gpu, tops
 
 
 def forward(layer, bottom, top):

@@ -1,30 +1,14 @@
 """ReLU, Sigmoid, TanH, Dropout: forward against numpy formulas, gradients, in-place use."""
 import numpy
 import pytest
-from google.protobuf import text_format
 
 from pycaffe_dist import backend
 from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
-from pycaffe_dist.layers import LayerError, layer_class
-from pycaffe_dist.proto import caffe_pb2
-from tests.layers.test_common import assert_same_on_both_backends, needs_gpu
+from pycaffe_dist.layers import LayerError
+from tests.layers.test_common import assert_same_on_both_backends, blob_of, make_layer, needs_gpu
 
 TRAIN, TEST = 0, 1
-
-
-def make_layer(text, phase=TRAIN):
-    param = text_format.Parse(text, caffe_pb2.LayerParameter())
-    layer = layer_class(param.type)(param, phase)
-    layer.dtype = numpy.float64
-    return layer
-
-
-def blob_of(values):
-    values = numpy.asarray(values, dtype=numpy.float64)
-    blob = Blob(values.shape, dtype=numpy.float64)
-    blob.data[...] = values
-    return blob
 
 
 def random_input(shape=(2, 3, 4, 5), seed=0):
