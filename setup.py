@@ -13,6 +13,8 @@ setup(
         "protobuf==5.29.6",
         "Pillow>=9",
         "tqdm>=4.60",
+        # Hogwild threads and the ops' thread pool hold BLAS to one thread through it.
+        "threadpoolctl>=3",
     ],
     extras_require={
         "lmdb": ["lmdb>=1.4"],
