@@ -1,11 +1,23 @@
-"""One training iteration of Caffe's LeNet and cifar10_quick: pycaffe_dist vs PyTorch CPU.
+"""One training iteration of Caffe's nets: pycaffe_dist vs PyTorch CPU.
+
+Nets: LeNet (batch 64), cifar10_quick and cifar10_full (batch 100) and a
+CaffeNet-shaped net (batch 16, 227x227x3, 1000 classes); both frameworks
+take the same SGD step (momentum 0.9, weight decay 0.0005).
 
 Each thread count runs in its own process with OMP/OpenBLAS/MKL threads set
 before numpy or torch load; inside it the two frameworks alternate in rounds
-so machine noise hits both alike. Prints ms per iteration (median) and the
-ratio pycaffe_dist / PyTorch: below 1.0 means pycaffe_dist is faster.
+so machine noise hits both alike. Per net it prints ms per iteration
+(median), the ratio pycaffe_dist / PyTorch (below 1.0: pycaffe_dist is
+faster), and the matmul floor: the iteration's GEMM FLOPs (forward, weight
+gradients, input gradients below the first layer) over the sgemm rate
+numpy reaches in the same process at that thread count (a 1024^3 product),
+and each framework's time as a fraction of it (1.0 would be GEMMs at full
+rate and nothing else). With --memory, each framework also trains a few
+iterations in a fresh process of its own, and its peak resident memory
+(VmHWM) above what it held after its imports is printed.
 
-    .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick] [--steps 30]
+    .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick,cifar10_full,caffenet]
+        [--steps 40] [--rounds 4] [--memory]
 """
 import argparse
 import json
@@ -19,8 +31,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+# fewer steps for the big net: a CaffeNet iteration is ~100x LeNet's
+STEP_SCALE = {"caffenet": 0.25}
 
-def pycaffe_step(name):
+
+def pycaffe_solver(name):
     import numpy
     from google.protobuf import text_format
     from nets import NETS, SOLVER
@@ -33,7 +48,12 @@ def pycaffe_step(name):
     rng = numpy.random.default_rng(0)
     solver.net.blobs["data"].data[...] = rng.random((batch,) + shape, dtype=numpy.float32)
     solver.net.blobs["label"].data[...] = rng.integers(0, classes, batch)
-    return lambda: solver.step(1)
+    return solver
+
+
+def pycaffe_step(name):
+    solver = pycaffe_solver(name)
+    return lambda: solver.step(1), solver.net
 
 
 def torch_step(name):
@@ -53,51 +73,138 @@ def torch_step(name):
     return step
 
 
+def gemm_flops(net):
+    """FLOPs of one training iteration's GEMMs: each Convolution and
+    InnerProduct does 2 * top elements * weights per output in the forward
+    pass, as much again for its weight gradient and for its input gradient
+    where the bottom needs one (not below the first layer)."""
+    total = 0
+    for layer, need in zip(net.layers, net.bottom_need_backward):
+        if layer.type not in ("Convolution", "InnerProduct", "Deconvolution"):
+            continue
+        top = net.blobs[net.top_ids[net.layers.index(layer)][0]]
+        weights = layer.blobs[0]
+        outputs = weights.shape[1] if layer.type == "Deconvolution" else weights.shape[0]
+        one = 2 * top.count * (weights.count // outputs)
+        total += one * (2 + bool(need and need[0]))
+    return total
+
+
+def sgemm_rate(threads):
+    """numpy's float32 GEMM rate (FLOP/s) on 1024^3 at `threads` BLAS threads (best of 5)."""
+    import numpy
+    from threadpoolctl import threadpool_limits
+    a = numpy.random.default_rng(0).random((1024, 1024), dtype=numpy.float32)
+    out = numpy.empty_like(a)
+    best = float("inf")
+    with threadpool_limits(threads, user_api="blas"):
+        for _ in range(6):
+            t = time.perf_counter()
+            numpy.matmul(a, a, out=out)
+            best = min(best, time.perf_counter() - t)
+    return 2 * 1024 ** 3 / best
+
+
 def worker(nets, steps, rounds):
     import torch
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    torch.set_num_threads(threads)
     results = {}
     for name in nets:
-        runners = {"pycaffe_dist": pycaffe_step(name), "pytorch": torch_step(name)}
+        py_run, net = pycaffe_step(name)
+        runners = {"pycaffe_dist": py_run, "pytorch": torch_step(name)}
         times = {k: [] for k in runners}
         for run in runners.values():       # warm-up: allocation, first-call costs
             for _ in range(3):
                 run()
+        per_round = max(1, int(steps * STEP_SCALE.get(name, 1.0)) // rounds)
         for _ in range(rounds):
             for key, run in runners.items():
-                for _ in range(steps // rounds):
+                for _ in range(per_round):
                     t = time.perf_counter()
                     run()
                     times[key].append(time.perf_counter() - t)
         results[name] = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        results[name]["gflop"] = gemm_flops(net) / 1e9
+        results[name]["sgemm"] = sgemm_rate(threads) / 1e9
+        del py_run, net, runners
     print(json.dumps(results))
+
+
+def _vm(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_worker(framework, name, steps=3):
+    """Peak resident bytes of `steps` training iterations above the level after imports."""
+    if framework == "pycaffe_dist":
+        import numpy  # noqa: F401
+        from google.protobuf import text_format  # noqa: F401
+        from pycaffe_dist.solvers import Solver  # noqa: F401
+        base = _vm("VmHWM")
+        run, _ = pycaffe_step(name)
+    else:
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        base = _vm("VmHWM")
+        run = torch_step(name)
+    for _ in range(steps):
+        run()
+    print(json.dumps({"peak": _vm("VmHWM") - base}))
+
+
+def _child(args, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    out = subprocess.run([sys.executable, __file__] + args, env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(out.returncode)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--nets", default="lenet,cifar10_quick")
+    ap.add_argument("--nets", default="lenet,cifar10_quick,cifar10_full,caffenet")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--memory", action="store_true", help="also peak resident memory, each framework alone")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     nets = args.nets.split(",")
     if args.worker:
         worker(nets, args.steps, args.rounds)
         return 0
-    print("%-14s %7s %14s %12s %8s" % ("net", "threads", "pycaffe_dist", "pytorch", "ratio"))
+    if args.memory_worker:
+        memory_worker(args.memory_worker, nets[0])
+        return 0
+    head = "%-14s %7s %10s %10s %6s %8s %9s %7s %7s" % (
+        "net", "threads", "ours ms", "torch ms", "ratio", "GFLOP", "floor ms", "ours", "torch")
+    if args.memory:
+        head += " %9s %9s" % ("ours MiB", "torch MiB")
+    print(head)
+    print("%-14s %7s %10s %10s %6s %8s %9s %7s %7s" % ("", "", "", "", "", "/iter", "", "floor/t", "floor/t"))
     for threads in args.threads.split(","):
-        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-                   MKL_NUM_THREADS=threads)
-        out = subprocess.run([sys.executable, __file__, "--worker", "--nets", args.nets,
-                              "--steps", str(args.steps), "--rounds", str(args.rounds)],
-                             env=env, capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr, file=sys.stderr)
-            return out.returncode
-        for name, r in json.loads(out.stdout.strip().splitlines()[-1]).items():
-            print("%-14s %7s %11.2f ms %9.2f ms %8.2f" % (name, threads, r["pycaffe_dist"], r["pytorch"],
-                                                         r["pycaffe_dist"] / r["pytorch"]))
+        load = os.getloadavg()[0]
+        found = _child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
+                        "--rounds", str(args.rounds)], threads)
+        for name, r in found.items():
+            floor = r["gflop"] / r["sgemm"] * 1000
+            line = "%-14s %7s %10.2f %10.2f %6.2f %8.2f %9.2f %7.2f %7.2f" % (
+                name, threads, r["pycaffe_dist"], r["pytorch"], r["pycaffe_dist"] / r["pytorch"],
+                r["gflop"], floor, floor / r["pycaffe_dist"], floor / r["pytorch"])
+            if args.memory:
+                peaks = [_child(["--memory-worker", framework, "--nets", name], threads)["peak"] / 2 ** 20
+                         for framework in ("pycaffe_dist", "pytorch")]
+                line += " %9.1f %9.1f" % tuple(peaks)
+            print(line, flush=True)
+        print("# threads %s: sgemm %.1f GFLOP/s, load average %.2f at start, %.2f at end"
+              % (threads, next(iter(found.values()))["sgemm"], load, os.getloadavg()[0]), flush=True)
     return 0
 
 
