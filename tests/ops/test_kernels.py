@@ -1,0 +1,305 @@
+"""The CuPy kernels (ops/kernels.py) against their numpy twins.
+
+Each test runs the kernel source two ways: built with the C++ compiler and
+run serially on numpy arrays ("host", everywhere g++ exists), and through
+CuPy on a GPU ("cuda", skipped without one). Both are compared with the
+numpy code the engine runs on CPU, on random inputs and the edge cases
+(padding, ties in max pooling, ignore_label, in-place LRN).
+"""
+import shutil
+import types
+
+import numpy
+import pytest
+from google.protobuf import text_format
+
+from pycaffe_dist import backend
+from pycaffe_dist.blob import Blob
+from pycaffe_dist.layers import layer_class
+from pycaffe_dist.ops import AveragePooling, ConvGeometry, Im2col, LRN, MaxPooling, PoolGeometry, kernels, pooled_size
+from pycaffe_dist.proto import caffe_pb2
+from pycaffe_dist.solvers import updates
+from pycaffe_dist.solvers.base import Solver
+
+DTYPE = numpy.float64
+
+
+@pytest.fixture(scope="module")
+def host():
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ to build the kernel sources for the host")
+    return kernels.HostKernels(DTYPE)
+
+
+class _Host:
+    """Run a kernel function on numpy arrays with the host build."""
+
+    def __init__(self, built):
+        self.built = built
+
+    def put(self, a):
+        return numpy.ascontiguousarray(a, DTYPE)
+
+    def get(self, a):
+        return a
+
+    def call(self, fn, *args):
+        return fn(*args, kernels=self.built)
+
+
+class _Cuda:
+    def put(self, a):
+        return backend.cupy.asarray(numpy.ascontiguousarray(a, DTYPE))
+
+    def get(self, a):
+        return backend.to_host(a)
+
+    def call(self, fn, *args):
+        return fn(*args)
+
+
+@pytest.fixture(params=["host", "cuda"])
+def device(request):
+    if request.param == "cuda":
+        if not backend.cupy_available:
+            pytest.skip("needs a GPU with cupy: the CUDA build of the kernels is checked there")
+        return _Cuda()
+    return _Host(request.getfixturevalue("host"))
+
+
+def rng(seed=0):
+    return numpy.random.default_rng(seed)
+
+
+# -- im2col / col2im ----------------------------------------------------------------
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation", [
+    ((2, 3, 7, 6), (3, 3), (1, 1), (0, 0), (1, 1)),
+    ((2, 3, 7, 6), (3, 2), (2, 1), (1, 2), (1, 2)),
+    ((1, 2, 5, 9), (2, 4), (3, 2), (2, 1), (2, 1)),
+])
+def test_im2col_col2im_match_numpy(device, shape, kernel, stride, pad, dilation):
+    g = ConvGeometry(kernel, stride, pad, dilation)
+    out = g.out_shape(shape[2:])
+    x = rng().normal(size=shape)
+    cols = rng(1).normal(size=shape[:2] + kernel + out)
+    twin = Im2col(g)
+    want_col = numpy.empty(shape[:2] + kernel + out)
+    twin.forward(x, want_col)
+    want_dx = numpy.empty(shape)
+    twin.backward(cols, want_dx)
+
+    op = Im2col(g)
+    col = device.put(numpy.full(want_col.shape, numpy.nan))
+    device.call(kernels.im2col, op, device.put(x), col)
+    numpy.testing.assert_allclose(device.get(col), want_col, rtol=0, atol=0)
+    dx = device.put(numpy.full(shape, numpy.nan))
+    device.call(kernels.col2im, op, device.put(cols), dx)
+    numpy.testing.assert_allclose(device.get(dx), want_dx, rtol=1e-13, atol=1e-13)
+
+
+# -- pooling --------------------------------------------------------------------------
+POOLS = [  # (shape, kernel, stride, pad)
+    ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),        # LeNet's
+    ((2, 3, 9, 7), (3, 3), (2, 2), (0, 0)),        # overlapping, ceil mode leaves a partial window
+    ((1, 4, 7, 8), (3, 3), (2, 2), (1, 1)),        # cifar's, padded
+    ((1, 2, 6, 5), (3, 2), (1, 2), (2, 1)),        # pad beside the kernel size
+]
+
+
+def pool_geometry(shape, kernel, stride, pad):
+    out = tuple(pooled_size(s, k, t, p) for s, k, t, p in zip(shape[2:], kernel, stride, pad))
+    return PoolGeometry(kernel, stride, pad, shape[2:], out), shape[:2] + out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
+def test_max_pooling_matches_numpy(device, shape, kernel, stride, pad, ties):
+    g, out_shape = pool_geometry(shape, kernel, stride, pad)
+    # With ties, most windows hold their maximum twice: the first in row-major order must win.
+    x = rng().integers(-2, 2, size=shape).astype(DTYPE) if ties else rng().normal(size=shape)
+    dy = rng(1).normal(size=out_shape)
+    twin = MaxPooling(g)
+    want_y, want_mask, want_dx = numpy.empty(out_shape), numpy.empty(out_shape), numpy.empty(shape)
+    twin.forward(x, want_y)
+    twin.mask(want_mask)
+    twin.backward(dy, want_dx)
+
+    op = MaxPooling(g)
+    y = device.put(numpy.full(out_shape, numpy.nan))
+    device.call(kernels.max_pool_forward, op, device.put(x), y)
+    mask = device.put(numpy.empty(out_shape))
+    kernels.max_pool_mask(op, mask)
+    dx = device.put(numpy.full(shape, numpy.nan))
+    device.call(kernels.max_pool_backward, op, device.put(dy), dx)
+    numpy.testing.assert_array_equal(device.get(y), want_y)
+    numpy.testing.assert_array_equal(device.get(mask), want_mask)
+    numpy.testing.assert_allclose(device.get(dx), want_dx, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
+def test_average_pooling_matches_numpy(device, shape, kernel, stride, pad):
+    g, out_shape = pool_geometry(shape, kernel, stride, pad)
+    x, dy = rng().normal(size=shape), rng(1).normal(size=out_shape)
+    twin = AveragePooling(g)
+    want_y, want_dx = numpy.empty(out_shape), numpy.empty(shape)
+    twin.forward(x, want_y)
+    twin.backward(dy, want_dx)
+
+    op = AveragePooling(g)
+    y, dx = device.put(numpy.empty(out_shape)), device.put(numpy.empty(shape))
+    device.call(kernels.ave_pool_forward, op, device.put(x), y)
+    device.call(kernels.ave_pool_backward, op, device.put(dy), dx)
+    numpy.testing.assert_allclose(device.get(y), want_y, rtol=1e-12, atol=1e-14)
+    numpy.testing.assert_allclose(device.get(dx), want_dx, rtol=1e-12, atol=1e-14)
+
+
+# -- LRN ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("shape, size, alpha, beta, k", [
+    ((2, 7, 3, 4), 5, 1e-1, 0.75, 1.0),
+    ((2, 7, 3, 4), 3, 2e-1, 0.6, 2.0),
+    ((1, 2, 3, 3), 5, 5e-1, 1.0, 1.0),     # fewer channels than the window
+])
+def test_lrn_across_channels_matches_numpy(device, shape, size, alpha, beta, k, in_place):
+    x, dy = rng().normal(size=shape) * 2, rng(1).normal(size=shape)
+    twin = LRN(size, alpha, beta, k, across_channels=True)
+    want_y, want_dx = numpy.empty(shape), numpy.empty(shape)
+    twin.forward(x, want_y)
+    twin.backward(dy, want_dx, x)
+
+    op = LRN(size, alpha, beta, k, across_channels=True)
+    xd = device.put(x)
+    y = xd if in_place else device.put(numpy.empty(shape))
+    device.call(kernels.lrn_forward, op, xd, y)
+    numpy.testing.assert_allclose(device.get(y), want_y, rtol=1e-12)
+    if in_place:   # the top is then changed; backward must use the saved bottom
+        y[...] = 0
+    dx = device.put(numpy.empty(shape))
+    device.call(kernels.lrn_backward, op, device.put(dy), dx, xd)
+    numpy.testing.assert_allclose(device.get(dx), want_dx, rtol=1e-11, atol=1e-13)
+
+
+# -- SoftmaxWithLoss ----------------------------------------------------------------------
+def softmax_loss_layer(extra, xp):
+    param = text_format.Parse('name: "loss" type: "SoftmaxWithLoss" ' + extra, caffe_pb2.LayerParameter())
+    layer = layer_class(param.type)(param, 0)
+    layer.dtype, layer.xp = DTYPE, xp
+    return layer
+
+
+def blobs_on(xp, *arrays):
+    out = []
+    for a in arrays:
+        blob = Blob(a.shape, dtype=DTYPE, xp=xp)
+        blob.data[...] = xp.asarray(a)
+        out.append(blob)
+    return out
+
+
+@pytest.mark.parametrize("extra", [
+    "",
+    "loss_param { ignore_label: 2 }",
+    "loss_param { ignore_label: 0 normalization: FULL }",
+    "loss_param { ignore_label: 1 normalization: BATCH_SIZE } loss_weight: 3",
+    "loss_param { ignore_label: 4 normalization: NONE }",
+    "loss_param { normalize: false }",
+])
+@pytest.mark.parametrize("shape", [(6, 5), (2, 5, 3, 2)])
+def test_softmax_loss_matches_numpy(device, extra, shape):
+    x = rng().normal(size=shape) * 3
+    labels = rng(1).integers(0, 5, size=(shape[0],) + shape[2:]).astype(DTYPE)
+    results = []
+    for xp, run in ((numpy, None), (backend.cupy if isinstance(device, _Cuda) else numpy, device)):
+        layer = softmax_loss_layer(extra, xp)
+        bottom = blobs_on(xp, x, labels)
+        top = [Blob((), dtype=DTYPE, xp=xp), Blob((), dtype=DTYPE, xp=xp)]
+        layer.setup(bottom, top)
+        layer.reshape(bottom, top)
+        top[0].diff[...] = 3.0 if "loss_weight" in extra else 1.0
+        if run is None:
+            layer.forward(bottom, top)
+            layer.backward(top, [True, False], bottom)
+        else:
+            run.call(kernels.softmax_loss_forward, layer, bottom, top)
+            run.call(kernels.softmax_loss_backward, layer, top, bottom)
+        results.append([backend.to_host(a) for a in (top[0].data, top[1].data, bottom[0].diff)])
+    for got, want in zip(results[1], results[0]):
+        numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_loss_kernel_names_a_label_out_of_range(host):
+    layer = softmax_loss_layer("loss_param { ignore_label: 9 }", numpy)
+    bottom = blobs_on(numpy, rng().normal(size=(3, 4)), numpy.array([1.0, 9.0, 4.0]))
+    top = [Blob((), dtype=DTYPE)]
+    layer.setup(bottom, top)
+    layer.reshape(bottom, top)
+    with pytest.raises(Exception, match="label value 4 is out of range"):
+        kernels.softmax_loss_forward(layer, bottom, top, kernels=host)
+
+
+# -- the solver updates -------------------------------------------------------------------
+def fake_solver(solver_type, xp, values, **fields):
+    """What apply_update reads of a Solver, on flat buffers of `values`."""
+    param = caffe_pb2.SolverParameter(type=solver_type, **fields)
+    w, g, lr_mult, decay_mult, *history = [xp.asarray(v.copy()) for v in values]
+    n = w.size
+    rule, count = updates.RULES[solver_type]
+    return types.SimpleNamespace(
+        param=param, path="<test>", type=solver_type, iter=4, is_root=True, rule=rule,
+        net=types.SimpleNamespace(xp=xp, flat_data=w, flat_diff=g), history=history[:count],
+        _lr_mult=lr_mult, _decay_mult=decay_mult, _tmp=xp.zeros(n, DTYPE), _rate=xp.zeros(n, DTYPE),
+        learning_rate=lambda: 0.05)
+
+
+@pytest.mark.parametrize("solver_type", sorted(updates.RULES))
+@pytest.mark.parametrize("fields", [
+    dict(momentum=0.9, weight_decay=5e-3, delta=1e-6, momentum2=0.99, rms_decay=0.95),
+    dict(momentum=0.8, weight_decay=1e-2, regularization_type="L1", iter_size=3, delta=1e-4,
+         momentum2=0.999, rms_decay=0.9),
+    dict(momentum=0.0, weight_decay=0.0, delta=1e-8, momentum2=0.9),
+])
+def test_fused_solver_update_matches_numpy(device, solver_type, fields):
+    n = 257
+    r = rng()
+    values = [r.normal(size=n), r.normal(size=n), r.choice([0.0, 1.0, 2.0], size=n),
+              r.choice([0.0, 1.0], size=n), r.uniform(0, 1, size=n), r.uniform(0, 1, size=n)]
+    values[0][:5] = 0.0                       # sign(0) = 0 under L1
+    twin = fake_solver(solver_type, numpy, values, **fields)
+    for _ in range(2):                        # twice: the history written by the first step is read
+        Solver.apply_update(twin)
+    xp = backend.cupy if isinstance(device, _Cuda) else numpy
+    fused = fake_solver(solver_type, xp, values, **fields)
+    for _ in range(2):
+        device.call(kernels.solver_update, fused, 0.05)
+    for got, want in zip([fused.net.flat_data, fused.net.flat_diff] + fused.history,
+                         [twin.net.flat_data, twin.net.flat_diff] + twin.history):
+        numpy.testing.assert_allclose(backend.to_host(got), want, rtol=1e-12, atol=1e-14)
+
+
+# -- the sources themselves ---------------------------------------------------------------
+def test_kernels_compile_for_float32_with_warnings_as_errors():
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ to build the kernel sources for the host")
+    kernels.HostKernels(numpy.float32)
+
+
+def test_a_broken_kernel_source_is_rejected(monkeypatch):
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ to build the kernel sources for the host")
+    signature, source = kernels.RAW_KERNELS["lrn_output"]
+    monkeypatch.setitem(kernels.RAW_KERNELS, "lrn_output", (signature, source.replace("-beta", "-betta")))
+    with pytest.raises(RuntimeError, match="betta"):
+        kernels.HostKernels(numpy.float64)
+
+
+def test_nvrtc_compiles_every_kernel_to_ptx():
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc",
+                        reason="NVRTC checks need the cupy-cuda12x and nvidia-cuda-nvrtc-cu12 wheels (~460 MB)")
+    sizes = kernels.nvrtc_check()
+    assert set(sizes) >= {"raw_float", "raw_double"} | {f"{s}_float" for s in kernels.SOLVER_RULES}
+    assert all(size > 0 for size in sizes.values())
+
+
+def test_nothing_is_compiled_for_numpy_arrays():
+    assert not kernels.on_gpu(numpy.zeros(3))
+    assert kernels._cuda._modules == {} and kernels._cuda._solvers == {} or backend.cupy_available
