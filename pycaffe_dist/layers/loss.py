@@ -8,6 +8,7 @@ top[0].diff; it stays a device array, so no GPU sync happens here.
 """
 import numpy
 
+from ..ops import kernels
 from ..proto import io as proto_io
 from ..proto.caffe_pb2 import BlobProto, LossParameter
 from ..proto.errors import ProtoError
@@ -120,6 +121,8 @@ class SoftmaxWithLoss(LabelledLayer):
         return 1.0
 
     def forward(self, bottom, top):
+        if kernels.on_gpu(bottom[0].data):   # CuPy: softmax and loss in one kernel (ops/kernels.py)
+            return kernels.softmax_loss_forward(self, bottom, top)
         xp = self.xp
         outer, _, inner = self.dims
         x = bottom[0].data.reshape(self.dims)
@@ -140,6 +143,8 @@ class SoftmaxWithLoss(LabelledLayer):
             raise self.error("cannot backpropagate to the labels (bottom[1])")
         if not propagate_down[0]:
             return
+        if kernels.on_gpu(bottom[0].diff):   # CuPy: one kernel (ops/kernels.py)
+            return kernels.softmax_loss_backward(self, top, bottom)
         # d loss / d x = prob - onehot(label), zero at ignored positions
         dx = bottom[0].diff.reshape(self.dims)
         dx[...] = self._prob

@@ -9,6 +9,7 @@ overlapping views would drop contributions.
 import itertools
 
 from .. import backend
+from . import kernels
 from .workspace import Workspace
 
 
@@ -51,6 +52,8 @@ class Im2col:
 
     def forward(self, x, col):
         """col = im2col(x); col has shape (N, C, *kernel, *out)."""
+        if len(self.geometry.kernel) == 2 and kernels.on_gpu(x):   # CuPy: one kernel (ops/kernels.py)
+            return kernels.im2col(self, x, col)
         xp = backend.get_array_module(x)
         g = self.geometry
         out = col.shape[2 + len(g.kernel):]
@@ -63,6 +66,8 @@ class Im2col:
 
     def backward(self, col, dx):
         """dx = col2im(col): every column entry added back where it was read."""
+        if len(self.geometry.kernel) == 2 and kernels.on_gpu(col):   # CuPy: one kernel (ops/kernels.py)
+            return kernels.col2im(self, col, dx)
         g = self.geometry
         out = col.shape[2 + len(g.kernel):]
         padded = self._padded("grad", dx)

@@ -13,6 +13,7 @@ The window sums are slice adds over a zero-bordered buffer: n adds of whole
 arrays instead of a loop over positions.
 """
 from .. import backend
+from . import kernels
 from .workspace import Workspace
 
 
@@ -81,6 +82,8 @@ class LRN:
     # -- the op --------------------------------------------------------------------------
     def forward(self, x, y):
         """y = LRN(x); y may be x (in place), in which case x is kept for backward."""
+        if self.across_channels and kernels.on_gpu(x):   # CuPy: two kernels (ops/kernels.py)
+            return kernels.lrn_forward(self, x, y)
         xp = backend.get_array_module(x)
         self._saved_x = None
         if y is x:
@@ -100,6 +103,8 @@ class LRN:
     def backward(self, dy, dx, x):
         """dx from dy; `x` is the bottom data of the forward pass (ignored
         after an in-place forward, which kept its own copy)."""
+        if self.across_channels and kernels.on_gpu(dy):   # CuPy: one kernel (ops/kernels.py)
+            return kernels.lrn_backward(self, dy, dx, x)
         xp = backend.get_array_module(dy)
         if self._saved_x is not None:
             x = self._saved_x

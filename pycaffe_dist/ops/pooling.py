@@ -29,7 +29,7 @@ import functools
 import numpy
 
 from .. import backend
-from . import threads
+from . import kernels, threads
 from .workspace import Workspace
 
 # Input bytes per block of planes on the CPU (see TwoStage).
@@ -248,6 +248,8 @@ class MaxPooling(TwoStage):
 
     def forward(self, x, y, track=True):
         """y = max over each window; with `track`, keep what backward needs."""
+        if kernels.on_gpu(x):   # CuPy: one kernel (ops/kernels.py)
+            return kernels.max_pool_forward(self, x, y)
         xp = backend.get_array_module(x)
         g = self.geometry
         planes, out = self._planes(x), self._planes(y)
@@ -285,6 +287,8 @@ class MaxPooling(TwoStage):
     def backward(self, dy, dx, x=None):
         """dx = dy routed to each window's first maximum. After an untracked
         forward, `x` is used to redo it with tracking."""
+        if kernels.on_gpu(dy):   # CuPy: one kernel (ops/kernels.py)
+            return kernels.max_pool_backward(self, dy, dx, x)
         xp = backend.get_array_module(dy)
         g = self.geometry
         if not self._tracked:
@@ -339,6 +343,8 @@ class MaxPooling(TwoStage):
     def mask(self, out):
         """Caffe's mask top: each window's argmax as h * W + w in the unpadded
         plane. Needs a tracked forward."""
+        if kernels.on_gpu(out):   # CuPy: kept by the forward kernel (ops/kernels.py)
+            return kernels.max_pool_mask(self, out)
         xp = backend.get_array_module(out)
         g = self.geometry
         (sh, sw), (ph, pw) = g.stride, g.pad

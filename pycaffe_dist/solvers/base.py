@@ -8,6 +8,7 @@ import numpy
 
 from .. import backend
 from ..net import Net, TEST, TRAIN
+from ..ops import kernels
 from ..proto import caffe_pb2, io as proto_io
 from ..proto.errors import ProtoError
 from . import lr_policy, numerics, updates
@@ -301,6 +302,10 @@ class Solver:
                 log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
                          norm, p.clip_gradients, scale)
                 g *= scale
+        if kernels.on_gpu(g) and p.regularization_type in ("L1", "L2"):
+            # CuPy: decay, update value and step fused in one kernel per type (ops/kernels.py)
+            kernels.solver_update(self, rate)
+            return
         if p.iter_size > 1:
             g *= 1.0 / p.iter_size
         if p.weight_decay:

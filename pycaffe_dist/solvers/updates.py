@@ -4,7 +4,9 @@ Each rule works on whole flat buffers: `g` is the (normalized, regularized)
 gradient, `rate` the per-element learning rate (rate * lr_mult), `h` the
 list of history buffers, `tmp` a scratch buffer; it leaves the step to
 subtract from the weights in `g`. Formulas are Caffe's
-(../shared/formats/README.md).
+(../shared/formats/README.md). On CuPy arrays Solver.apply_update runs the
+same formulas fused into one kernel per type (ops.kernels.SOLVER_RULES; a
+test checks each against these).
 """
 
 
