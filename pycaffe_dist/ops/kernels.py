@@ -496,9 +496,10 @@ def _host_solver_source(solver_type):
 
 class HostKernels:
     """The same sources built with a C++ compiler and run on numpy arrays
-    (serially), for tests and checks on machines without a GPU."""
+    (serially), for tests and checks on machines without a GPU. With
+    `syntax_only` the sources are only checked, and nothing can be launched."""
 
-    def __init__(self, dtype, compiler="g++"):
+    def __init__(self, dtype, compiler="g++", syntax_only=False):
         self.dtype = numpy.dtype(dtype)
         source = (_HOST_PRELUDE + module_source(dtype)
                   + "".join(_host_solver_source(s) for s in SOLVER_RULES))
@@ -506,11 +507,12 @@ class HostKernels:
         src, lib = os.path.join(self._dir.name, "k.cpp"), os.path.join(self._dir.name, "k.so")
         with open(src, "w") as f:
             f.write(source)
-        done = subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-Wno-unused-variable",
-                               "-o", lib, src], capture_output=True, text=True)
+        build = ["-fsyntax-only"] if syntax_only else ["-O0", "-shared", "-fPIC", "-o", lib]
+        done = subprocess.run([compiler, "-Wall", "-Werror", "-Wno-unused-variable", *build, src],
+                              capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{compiler} rejected the kernel sources:\n{done.stderr}")
-        self.library = ctypes.CDLL(lib)
+        self.library = None if syntax_only else ctypes.CDLL(lib)
 
     def _arg(self, kind, value):
         if kind in ("T*", "cT*"):

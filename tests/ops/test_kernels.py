@@ -280,7 +280,7 @@ def test_fused_solver_update_matches_numpy(device, solver_type, fields):
 def test_kernels_compile_for_float32_with_warnings_as_errors():
     if shutil.which("g++") is None:
         pytest.skip("no g++ to build the kernel sources for the host")
-    kernels.HostKernels(numpy.float32)
+    kernels.HostKernels(numpy.float32, syntax_only=True)
 
 
 def test_a_broken_kernel_source_is_rejected(monkeypatch):
@@ -289,7 +289,7 @@ def test_a_broken_kernel_source_is_rejected(monkeypatch):
     signature, source = kernels.RAW_KERNELS["lrn_output"]
     monkeypatch.setitem(kernels.RAW_KERNELS, "lrn_output", (signature, source.replace("-beta", "-betta")))
     with pytest.raises(RuntimeError, match="betta"):
-        kernels.HostKernels(numpy.float64)
+        kernels.HostKernels(numpy.float64, syntax_only=True)
 
 
 def test_nvrtc_compiles_every_kernel_to_ptx():
@@ -303,3 +303,53 @@ def test_nvrtc_compiles_every_kernel_to_ptx():
 def test_nothing_is_compiled_for_numpy_arrays():
     assert not kernels.on_gpu(numpy.zeros(3))
     assert kernels._cuda._modules == {} and kernels._cuda._solvers == {} or backend.cupy_available
+
+
+# -- the dispatch lines ---------------------------------------------------------------------
+NET = '''
+layer { name: "data" type: "MemoryData" top: "data" top: "label"
+        memory_data_param { batch_size: 4 channels: 3 height: 9 width: 9 } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm" type: "LRN" bottom: "pool1" top: "norm" lrn_param { local_size: 3 alpha: 0.5 } }
+layer { name: "pool2" type: "Pooling" bottom: "norm" top: "pool2"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "cols" type: "Im2col" bottom: "pool2" top: "cols" convolution_param { kernel_size: 2 pad: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "cols" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss"
+        loss_param { ignore_label: 2 } }
+'''
+
+
+def train(solver_type):
+    param = text_format.Parse(
+        f'base_lr: 0.05 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.01 type: "{solver_type}" '
+        'random_seed: 5 display: 0 snapshot_after_train: false max_iter: 3', caffe_pb2.SolverParameter())
+    param.net_param.CopyFrom(text_format.Parse(NET, caffe_pb2.NetParameter()))
+    solver = Solver(param, dtype=DTYPE)
+    r = rng(2)
+    solver.net.layers[0].set_input_arrays(r.normal(size=(8, 3, 9, 9)), r.integers(0, 5, size=8).astype(DTYPE))
+    solver.solve()
+    return solver.net.flat_data.copy(), solver.net.flat_diff.copy()
+
+
+@pytest.mark.parametrize("solver_type", ["SGD", "Adam"])
+def test_training_through_the_dispatch_lines_matches_numpy(host, monkeypatch, solver_type):
+    """Three steps of a net using every kernel, once on the numpy path and once
+    with the dispatch lines sending numpy arrays to the host build: the
+    wiring (arguments, buffers, saved state) is what runs on a GPU."""
+    want = train(solver_type)
+    calls = []
+    monkeypatch.setattr(kernels, "on_gpu", lambda a: isinstance(a, numpy.ndarray))
+    monkeypatch.setattr(kernels, "_cuda", types.SimpleNamespace(
+        launch=lambda name, *a: (calls.append(name), host.launch(name, *a)),
+        solver=lambda name, *a: (calls.append(name), host.solver(name, *a))))
+    got = train(solver_type)
+    assert set(calls) == set(kernels.RAW_KERNELS) | {solver_type}
+    for g, w in zip(got, want):
+        numpy.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
