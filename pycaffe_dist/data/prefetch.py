@@ -12,17 +12,27 @@ Workers are threads by default: Pillow decodes and numpy transforms release
 the GIL, and threads share memory for free. A process pool is there for
 transforms that hold the GIL; bench/bench_data.py compares the two.
 
+In GPU mode the arrays of each ready batch are also copied to the device
+where it is decoded, on a CUDA stream of that thread's own (_DeviceCopy), so
+the copy overlaps the training step's kernels and the step finds its batch
+on the GPU.
+
 The consumer's waits are measured: `wait_seconds_last` for the latest batch,
 `wait_seconds_total` over all of them. `close()` stops every thread and
 process; all threads are daemons, so even a crash that skips close() cannot
 keep the interpreter alive, and a finalizer closes a pipeline nobody holds.
 """
 import concurrent.futures
+import copy
 import multiprocessing
 import queue
 import threading
 import time
 import weakref
+
+import numpy
+
+from .. import backend
 
 _POLL = 0.1  # seconds between checks for a stop request while blocked
 
@@ -106,6 +116,55 @@ def _run_installed(records):
     return _installed_decode(records)
 
 
+class _DeviceCopy:
+    """batch -> the batch with its numpy arrays on the GPU, copied on a
+    non-blocking stream per thread and waited for there (not by the step)."""
+
+    def __init__(self, device_id):
+        self.device_id = device_id
+        self.local = threading.local()
+
+    def __call__(self, batch):
+        cupy = backend.cupy
+        with cupy.cuda.Device(self.device_id):
+            stream = getattr(self.local, "stream", None)
+            if stream is None:
+                stream = self.local.stream = cupy.cuda.Stream(non_blocking=True)
+            with stream:
+                batch = self._moved(cupy, batch)
+            stream.synchronize()
+        return batch
+
+    @staticmethod
+    def _moved(cupy, batch):
+        """The batch with its numpy arrays (the batch itself, tuple items or
+        attributes) replaced by device copies; other values kept."""
+        if isinstance(batch, numpy.ndarray):
+            return cupy.asarray(batch)
+        if isinstance(batch, tuple):
+            items = [cupy.asarray(a) if isinstance(a, numpy.ndarray) else a for a in batch]
+            return batch._make(items) if hasattr(batch, "_make") else tuple(items)
+        if hasattr(batch, "__dict__"):
+            batch = copy.copy(batch)
+            for name, value in vars(batch).items():
+                if isinstance(value, numpy.ndarray):
+                    setattr(batch, name, cupy.asarray(value))
+        return batch
+
+
+def _then(future, fn):
+    """A future of fn(future's result), computed by whichever thread completes `future`."""
+    chained = concurrent.futures.Future()
+
+    def done(f):
+        try:
+            chained.set_result(fn(f.result()))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            chained.set_exception(e)
+    future.add_done_callback(done)
+    return chained
+
+
 class _Shared:
     """Everything the reader thread touches; kept apart from the Pipeline object
     so that the threads do not keep the Pipeline alive and its finalizer can run."""
@@ -117,12 +176,15 @@ class _Shared:
         self.ready = queue.Queue(maxsize=max(1, prefetch))
         self.stop = threading.Event()
         self.pool = pool
+        self.to_device = None
 
     def read_loop(self):
         try:
             while not self.stop.is_set():
                 records = self.source.read(self.batch_size)
                 future = self.pool.submit(self.decode, records)
+                if self.to_device is not None:
+                    future = _then(future, self.to_device)
                 self._put((future, self.source.state()))
         except BaseException as e:  # noqa: BLE001 - the consumer re-raises it at its next batch
             failed = concurrent.futures.Future()
@@ -169,9 +231,12 @@ class Pipeline:
         mode: "thread" or "process" workers. Process workers start as spawned
             interpreters, so a script using them needs an `if __name__ == "__main__"` guard.
         name: used for thread names.
+        device: copy batches to the GPU (see _DeviceCopy); None: when
+            backend.gpu_mode() is on at construction.
     """
 
-    def __init__(self, source, decode, batch_size, prefetch=4, workers=1, mode="thread", name="data"):
+    def __init__(self, source, decode, batch_size, prefetch=4, workers=1, mode="thread", name="data",
+                 device=None):
         if mode not in ("thread", "process"):
             raise ValueError(f"decode mode must be 'thread' or 'process', got {mode!r}")
         if workers <= 0:
@@ -185,6 +250,10 @@ class Pipeline:
                                                           initializer=_install, initargs=(decode,))
             decode = _run_installed
         self._shared = _Shared(source, decode, batch_size, prefetch, pool)
+        if backend.gpu_mode() if device is None else device:
+            if not backend.cupy_available:
+                raise ValueError("device=True: copying batches to the GPU needs a usable GPU (cupy reports none)")
+            self._shared.to_device = _DeviceCopy(backend.cupy.cuda.Device().id)
         self._reader = threading.Thread(target=self._shared.read_loop, daemon=True, name=f"{name}-reader")
         self._reader.start()
         self._finalizer = weakref.finalize(self, self._shared.shutdown, self._reader)

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 
 from pycaffe_dist import backend
 from pycaffe_dist.blob import Blob
+from pycaffe_dist.data.prefetch import Pipeline
 from pycaffe_dist.layers import layer_class
 from pycaffe_dist.ops import AveragePooling, ConvGeometry, Im2col, LRN, MaxPooling, PoolGeometry, kernels, pooled_size
 from pycaffe_dist.proto import caffe_pb2
@@ -353,3 +354,64 @@ def test_training_through_the_dispatch_lines_matches_numpy(host, monkeypatch, so
     assert set(calls) == set(kernels.RAW_KERNELS) | {solver_type}
     for g, w in zip(got, want):
         numpy.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+# -- the prefetch pipeline's device copies ---------------------------------------------------
+class _Batches:
+    """A source of numbered records; a batch decodes to (data, labels) arrays."""
+
+    def __init__(self):
+        self.next_record = 0
+
+    def read(self, n):
+        start, self.next_record = self.next_record, self.next_record + n
+        return list(range(start, start + n))
+
+    def state(self):
+        return self.next_record
+
+    def close(self):
+        pass
+
+
+def _decode(records):
+    values = numpy.asarray(records, dtype=numpy.float32)
+    return numpy.outer(values, numpy.arange(3, dtype=numpy.float32)), values
+
+
+def test_prefetch_device_copy_needs_a_gpu():
+    if backend.cupy_available:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="needs a usable GPU"):
+        Pipeline(_Batches(), _decode, 4, device=True)
+
+
+@pytest.mark.skipif(not backend.cupy_available, reason="needs a GPU with cupy")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prefetch_copies_batches_to_the_gpu(workers):
+    with Pipeline(_Batches(), _decode, 4, workers=workers, device=True) as pipeline:
+        for k in range(5):
+            data, labels = pipeline.next()
+            assert isinstance(data, backend.cupy.ndarray) and isinstance(labels, backend.cupy.ndarray)
+            want = _decode(list(range(4 * k, 4 * k + 4)))
+            numpy.testing.assert_array_equal(backend.to_host(data), want[0])
+            numpy.testing.assert_array_equal(backend.to_host(labels), want[1])
+
+
+def test_prefetch_device_copy_moves_every_array_of_a_batch():
+    """Arrays alone, in tuples (named ones keep their type) and as attributes
+    move; other values stay. A stand-in for cupy.asarray marks what moved."""
+    import collections
+
+    from pycaffe_dist.data.prefetch import _DeviceCopy
+
+    moved = types.SimpleNamespace(asarray=lambda a: ("on device", a))
+    a, b = numpy.zeros(2), numpy.ones(3)
+    Pair = collections.namedtuple("Pair", "data labels")
+    assert _DeviceCopy._moved(moved, a) == ("on device", a)
+    pair = _DeviceCopy._moved(moved, Pair(a, None))
+    assert type(pair) is Pair and pair.data == ("on device", a) and pair.labels is None
+    record = types.SimpleNamespace(data=a, labels=b, skipped=[(1, "k", "bad")])
+    out = _DeviceCopy._moved(moved, record)
+    assert out.data == ("on device", a) and out.labels == ("on device", b) and out.skipped == record.skipped
+    assert record.data is a   # the decoded batch itself is left alone
