@@ -3,6 +3,8 @@
 A Datum holds one image: raw uint8 bytes in C x H x W order (colour as BGR),
 or floats in `float_data`, or (with `encoded`) the bytes of a JPEG/PNG file.
 """
+import math
+
 import numpy
 
 from ..proto import caffe_pb2
@@ -40,7 +42,7 @@ def parse(value, key=None):
     try:
         datum.ParseFromString(value)
     except Exception as e:  # noqa: BLE001 - DecodeError, or whatever the protobuf runtime raises
-        raise DatumError(f"record {_name(key)}: not a Datum ({e})") from None
+        raise DatumError(f"record {record_name(key)}: not a Datum ({e})") from None
     return datum
 
 
@@ -48,7 +50,7 @@ def _dims(shape):
     return "x".join(str(d) for d in shape)
 
 
-def _name(key):
+def record_name(key):
     if isinstance(key, bytes):
         key = key.decode("utf-8", "replace")
     return repr(key) if key is not None else "?"
@@ -62,19 +64,19 @@ def datum_to_array(datum, color=None, key=None):
     """
     if datum.encoded:
         try:
-            return image.decode(datum.data, color=color, name=f"record {_name(key)}")
+            return image.decode(datum.data, color=color, name=f"record {record_name(key)}")
         except image.ImageError as e:
             raise DatumError(str(e)) from None
     shape = (datum.channels, datum.height, datum.width)
     if min(shape) < 0:      # int32 fields; a negative one would reach reshape (fuzzer-found)
-        raise DatumError(f"record {_name(key)}: negative shape {_dims(shape)}")
+        raise DatumError(f"record {record_name(key)}: negative shape {_dims(shape)}")
     count = shape[0] * shape[1] * shape[2]
     if datum.data:
         if len(datum.data) != count:
-            raise DatumError(f"record {_name(key)}: {len(datum.data)} data bytes for shape {_dims(shape)}")
+            raise DatumError(f"record {record_name(key)}: {len(datum.data)} data bytes for shape {_dims(shape)}")
         return numpy.frombuffer(datum.data, numpy.uint8).reshape(shape)
     if len(datum.float_data) != count:
-        raise DatumError(f"record {_name(key)}: {len(datum.float_data)} float_data values "
+        raise DatumError(f"record {record_name(key)}: {len(datum.float_data)} float_data values "
                          f"for shape {_dims(shape)}")
     return numpy.asarray(datum.float_data, numpy.float32).reshape(shape)
 
@@ -92,29 +94,55 @@ def array_to_blobproto(arr):
     return blob
 
 
-def blobproto_to_array(blob):
-    """BlobProto -> float array shaped by `shape.dim`, or by the legacy 4 dims."""
+def blobproto_to_array(blob, name="blob"):
+    """BlobProto -> float array shaped by `shape.dim`, or by the legacy 4 dims.
+
+    A shape that does not match the values held is a ValueError starting
+    with `name`; nothing is allocated beyond the values the file holds.
+    """
     if blob.HasField("shape"):
-        shape = tuple(blob.shape.dim)
+        shape = tuple(int(d) for d in blob.shape.dim)
     else:
         shape = (blob.num, blob.channels, blob.height, blob.width)
-    values = blob.double_data if len(blob.double_data) else blob.data
-    arr = numpy.asarray(values, numpy.float64 if len(blob.double_data) else numpy.float32)
-    if arr.size != int(numpy.prod(shape)):
-        raise ValueError(f"blob holds {arr.size} values for shape {shape}")
-    return arr.reshape(shape)
+    double = len(blob.double_data) > 0
+    values = blob.double_data if double else blob.data
+    if min(shape, default=0) < 0:
+        raise ValueError(f"{name}: negative dimension in shape {_dims(shape)}")
+    declared = math.prod(shape)   # Python ints: a hostile shape cannot wrap around
+    if declared != len(values):
+        raise ValueError(f"{name}: shape {_dims(shape)} declares {declared} values but the file "
+                         f"holds {len(values)}")
+    return numpy.asarray(values, numpy.float64 if double else numpy.float32).reshape(shape)
+
+
+class MeanError(ValueError):
+    """A mean file that cannot be used; the message starts with its path."""
 
 
 def load_mean(path):
-    """A mean.binaryproto file -> C x H x W float32 array."""
+    """A mean.binaryproto file -> C x H x W float32 array.
+
+    Raises MeanError (a ValueError) naming the file for a missing, truncated
+    or foreign file, a shape that does not match the values it holds, or
+    one that is not a single C x H x W image.
+    """
     from ..proto.io import read_binary
-    arr = blobproto_to_array(read_binary(path, caffe_pb2.BlobProto))
+    try:
+        blob = read_binary(path, caffe_pb2.BlobProto)
+    except ValueError as e:     # ProtoError: missing, unreadable, not a BlobProto
+        raise MeanError(str(e)) from None
+    if not len(blob.data) and not len(blob.double_data):
+        raise MeanError(f"{path}: holds no values (not a mean .binaryproto; compute_image_mean writes one)")
+    try:
+        arr = blobproto_to_array(blob, path)
+    except ValueError as e:
+        raise MeanError(str(e)) from None
     if arr.ndim == 4:
         if arr.shape[0] != 1:
-            raise ValueError(f"{path}: a mean file holds one image, found num={arr.shape[0]}")
+            raise MeanError(f"{path}: a mean file holds one image, found num={arr.shape[0]}")
         arr = arr[0]
     if arr.ndim != 3:
-        raise ValueError(f"{path}: a mean file holds C x H x W values, found shape {arr.shape}")
+        raise MeanError(f"{path}: a mean file holds C x H x W values, found shape {_dims(arr.shape)}")
     return arr.astype(numpy.float32)
 
 

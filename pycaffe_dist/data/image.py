@@ -10,10 +10,11 @@ import io
 import numpy
 
 try:  # pragma: no cover - depends on the installation
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     available = True
 except ImportError:
     Image = None
+    UnidentifiedImageError = OSError
     available = False
 
 # Pillow modes that are one channel as stored; everything else decodes as colour.
@@ -80,6 +81,8 @@ def open_image(source, name=None):
         img.load()
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
+    except UnidentifiedImageError:   # its message quotes a BytesIO object's repr
+        raise ImageError(f"{name}: cannot decode image: not in a format Pillow reads") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: cannot decode image: {e}") from None
     return img

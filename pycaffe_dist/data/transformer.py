@@ -59,20 +59,23 @@ class DataTransformer:
         # What encoded records decode to: 3 channels, 1, or as the file is.
         self.color = True if param.force_color else (False if param.force_gray else None)
         self.mean = None
+        self.mean_file = param.mean_file
         self.mean_values = None
         if param.mean_file and len(param.mean_value):
             raise TransformError("set mean_file or mean_value, not both")
         if param.mean_file:
             try:
                 self.mean = load_mean(param.mean_file)
-            except (OSError, ValueError) as e:
+            except ValueError as e:     # MeanError: it names the file
                 raise TransformError(f"mean_file {e}") from None
         elif len(param.mean_value):
             self.mean_values = numpy.asarray(param.mean_value, numpy.float32)
 
     # -- shapes ---------------------------------------------------------------
     def output_shape(self, shape):
+        """The shape of a transformed C x H x W record; refuses a crop or mean that does not fit it."""
         c, h, w = shape
+        self._mean_for(tuple(shape))
         if self.crop:
             if self.crop > h or self.crop > w:
                 raise TransformError(f"crop_size {self.crop} is larger than the {h}x{w} image")
@@ -84,7 +87,8 @@ class DataTransformer:
         c, _h, _w = shape
         if self.mean is not None:
             if self.mean.shape != shape:
-                raise TransformError(f"mean_file is {_dims(self.mean.shape)} but the data is {_dims(shape)}")
+                raise TransformError(f"mean_file {self.mean_file} is {_dims(self.mean.shape)} but the data "
+                                     f"is {_dims(shape)}")
             return self.mean
         if self.mean_values is not None:
             values = self.mean_values

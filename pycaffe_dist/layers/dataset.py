@@ -11,10 +11,22 @@ Environment knobs, until the prototxt grows fields for them:
 PYCAFFE_DIST_DECODE_WORKERS: decode workers; default 0 (decode on the reader
 thread) for raw records, up to 4 for encoded ones.
 PYCAFFE_DIST_DECODE_MODE: "thread" (default) or "process" workers.
+PYCAFFE_DIST_BAD_RECORD: "stop" or "skip" for every data layer, over
+data_param.bad_record (`pycaffe-dist train --bad_record` sets it).
+
+Bad records (data_param.bad_record, also read by ImageData): STOP, the
+default, ends the run naming the record. SKIP leaves it out and reads on:
+each of the first few is logged as a warning with its key and reason, then
+a count now and then; `skipped_records_last` and `skipped_records_total`
+count them as the wait figures count waits. A whole pass over the records
+a worker reads with no good one is an error, not an endless loop.
 """
+import collections
 import functools
 import logging
+import math
 import os
+import time
 
 import numpy
 
@@ -25,12 +37,14 @@ from ..data.prefetch import Pipeline
 from ..data.sources import (
     ListSource,
     LMDBSource,
+    check_inside,
     decode_datums,
     decode_image_files,
     initial_offset,
     read_image_list,
 )
 from ..data.transformer import DataTransformer, TransformError
+from ..proto import caffe_pb2
 from .base import Layer, register
 
 try:  # pragma: no cover - depends on the installation
@@ -44,6 +58,22 @@ TRAIN = 0
 log = logging.getLogger("pycaffe_dist")
 # A wait longer than this is logged (debug level), like Caffe's "Waiting for data".
 _WAIT_LOG_SECONDS = 0.001
+# Skipped records: one warning each for the first few, then a count at most this often.
+_WARN_FIRST = 10
+_COUNT_SECONDS = 30.0
+# Skip mode sets the tops up with the most common shape among this many first good records.
+_SHAPE_PROBE = 16
+BAD_RECORD_ENV = "PYCAFFE_DIST_BAD_RECORD"
+
+
+def skip_bad_records(param):
+    """Whether a data layer skips bad records: PYCAFFE_DIST_BAD_RECORD, else data_param.bad_record."""
+    forced = os.environ.get(BAD_RECORD_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("stop", "skip"):
+            raise ValueError(f"{BAD_RECORD_ENV}={forced!r}: expected stop or skip")
+        return forced == "skip"
+    return param.data_param.bad_record == caffe_pb2.DataParameter.SKIP
 
 
 def _decode_workers(encoded):
@@ -65,7 +95,11 @@ class _PrefetchingLayer(Layer):
 
     wait_seconds_last = 0.0
     wait_seconds_total = 0.0
+    skipped_records_last = 0
+    skipped_records_total = 0
     _pipeline = None
+    _carry = None        # [Decoded, index of its first unused record] (skip mode)
+    _counted = (0, 0.0)  # (skipped_records_total at the last count logged, when)
 
     def _sharding(self):
         # TEST nets read everything on every worker, as Caffe's.
@@ -73,9 +107,44 @@ class _PrefetchingLayer(Layer):
             return backend.solver_rank(), backend.solver_count()
         return 0, 1
 
+    def _bad_record_setup(self, total, shuffled=False):
+        """Read the STOP/SKIP choice; `total` records, `shuffled` per epoch."""
+        try:
+            self.skip = skip_bad_records(self.param)
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        # The records this worker can ever read: offsets rank, rank + size, ...
+        # of a shuffled list reach every record; in order they cycle through
+        # total / gcd(total, size) of them.
+        _rank, size = self._sharding()
+        self.pass_size = total if shuffled and size > 1 else total // math.gcd(total, size)
+        self._streak = set()     # keys of the bad records read since the last good one
+        self._warned = 0
+        self._counted = (0, time.monotonic())   # (total at the last count, when)
+
+    def _common_shape(self, probes, source):
+        """Skip mode's top shape: the most common among the first good records.
+
+        `probes` yields (shape, None) for a good record and (None, reason)
+        for a bad one, in record order. Taking the most common shape rather
+        than the first keeps one odd record at the front from making every
+        other record 'bad'.
+        """
+        shapes, first_bad = [], None
+        for shape, bad in probes:
+            if bad is not None:
+                first_bad = first_bad or bad
+                continue
+            shapes.append(tuple(shape))
+            if len(shapes) == _SHAPE_PROBE:
+                break
+        if not shapes:
+            raise self.error(f"{source}: every record is bad (the first: {first_bad})")
+        return collections.Counter(shapes).most_common(1)[0][0]
+
     def _start(self, offset):
         """(Re)start the pipeline at source offset `offset`."""
-        self.close()
+        self._stop()
         source, decode, encoded = self._make_source(offset)
         mode = os.environ.get("PYCAFFE_DIST_DECODE_MODE", "thread")
         self._pipeline = Pipeline(source, decode, self.batch_size, prefetch=self.prefetch,
@@ -89,12 +158,9 @@ class _PrefetchingLayer(Layer):
         if self._pipeline is None:   # closed: carry on from where the stream stopped
             self._start(self._offset)
         try:
-            data, labels = self._pipeline.next()
+            data, labels = self._next_batch()
         except (datum_mod.DatumError, image.ImageError, db.DBError, TransformError) as e:
             raise self.error(str(e)) from None
-        self._offset = self._pipeline.state
-        self.wait_seconds_last = self._pipeline.wait_seconds_last
-        self.wait_seconds_total = self._pipeline.wait_seconds_total
         if self.wait_seconds_last > _WAIT_LOG_SECONDS:
             log.debug("%s: waited %.1f ms for data", self.name, self.wait_seconds_last * 1000)
         xp = backend.get_array_module(top[0].data)
@@ -103,6 +169,74 @@ class _PrefetchingLayer(Layer):
         if len(top) > 1:
             top[1].reshape(labels.shape)
             top[1].data[...] = backend.to_device(labels, xp)
+
+    def _next_batch(self):
+        """batch_size good records (data, labels); skip mode gathers them over as many reads as it takes.
+
+        `_offset`, the position a resumed run starts from, is the first
+        record not yet handed out, so a resume neither repeats nor loses one.
+        """
+        datas, labels, have, waited = [], [], 0, 0.0
+        self.skipped_records_last = 0
+        while have < self.batch_size:
+            if self._carry is None:
+                decoded = self._pipeline.next()
+                waited += self._pipeline.wait_seconds_last
+                if decoded.skipped or self._streak:
+                    self._note_bad(decoded)
+                if decoded.data is None:
+                    continue
+                self._carry = [decoded, 0]
+            decoded, start = self._carry
+            end = min(len(decoded.offsets), start + self.batch_size - have)
+            datas.append(decoded.data[start:end])
+            labels.append(decoded.labels[start:end])
+            have += end - start
+            if end == len(decoded.offsets):
+                self._carry, self._offset = None, self._pipeline.state
+            else:
+                self._carry[1], self._offset = end, decoded.offsets[end]
+        self.wait_seconds_last = waited
+        self.wait_seconds_total = self._pipeline.wait_seconds_total
+        if len(datas) == 1:
+            return datas[0], labels[0]
+        return numpy.concatenate(datas), numpy.concatenate(labels)
+
+    def _note_bad(self, decoded):
+        """Count and log the records a read skipped; stop when a whole pass held no good one."""
+        for _offset, _key, reason in decoded.skipped:
+            self._warned += 1
+            if self._warned <= _WARN_FIRST:
+                log.warning("%s: skipped a bad record: %s", self._who(), reason)
+            if self._warned == _WARN_FIRST:
+                log.warning("%s: further bad records are skipped and counted every %.0f s",
+                            self._who(), _COUNT_SECONDS)
+        n = len(decoded.skipped)
+        self.skipped_records_last += n
+        self.skipped_records_total += n
+        if decoded.offsets:
+            last_good = decoded.offsets[-1]
+            self._streak = {key for offset, key, _ in decoded.skipped if offset > last_good}
+        else:
+            self._streak.update(key for _, key, _ in decoded.skipped)
+        if len(self._streak) >= self.pass_size:
+            _rank, size = self._sharding()
+            whose = f"this worker's {self.pass_size} records" if size > 1 else f"its {self.pass_size} records"
+            reason = decoded.skipped[-1][2] if decoded.skipped else "?"
+            raise self.error(f"{self._source()}: no good record in a whole pass over {whose} "
+                             f"({self.skipped_records_total} skipped; the last: {reason})")
+        counted, when = self._counted
+        if self.skipped_records_total > max(counted, _WARN_FIRST) and time.monotonic() - when >= _COUNT_SECONDS:
+            self._log_count()
+
+    def _log_count(self, when="so far"):
+        counted, _ = self._counted
+        since = f" ({self.skipped_records_total - counted} since the last count)" if counted else ""
+        log.warning("%s: %d bad records skipped %s%s", self._who(), self.skipped_records_total, when, since)
+        self._counted = (self.skipped_records_total, time.monotonic())
+
+    def _who(self):
+        return f"layer {self.name!r} ({self.type})"
 
     def get_state(self):
         return {"offset": int(self._offset), "seed": int(self.seed)}
@@ -115,9 +249,15 @@ class _PrefetchingLayer(Layer):
 
     def close(self):
         """Stop the prefetch threads (and processes); a later forward restarts them."""
+        self._stop()
+        if self.skipped_records_total > max(self._counted[0], _WARN_FIRST):
+            self._log_count("in all")
+
+    def _stop(self):
         if self._pipeline is not None:
             self._pipeline.close()
             self._pipeline = None
+        self._carry = None     # _offset is its first record: a restart reads it again
 
     def _set_top_shapes(self, top, item_shape):
         top[0].reshape((self.batch_size,) + tuple(self.transformer.output_shape(item_shape)))
@@ -157,21 +297,44 @@ class DataLayer(_PrefetchingLayer):
             if p.force_encoded_color and self.transformer.color is None:
                 self.transformer.color = True
             with db.Reader(p.source) as reader:
-                key, value = reader.item()
-                first = datum_mod.parse(value, key)
-                self._encoded = first.encoded
-                item_shape = datum_mod.datum_to_array(first, self.transformer.color, key).shape
+                self._bad_record_setup(reader.size)
+                if self.skip:
+                    self.item_shape = self._common_shape(self._probe(reader.items()), p.source)
+                else:   # Caffe's rule: the first record sets the shape
+                    key, value = reader.item()
+                    first = datum_mod.parse(value, key)
+                    self._encoded = first.encoded
+                    self.item_shape = datum_mod.datum_to_array(first, self.transformer.color, key).shape
             self.batch_size = int(p.batch_size)
             self.prefetch = int(p.prefetch)
-            self._set_top_shapes(top, item_shape)
+            self._set_top_shapes(top, self.item_shape)
             self._start(initial_offset(self.seed, p.rand_skip))
         except (db.DBError, datum_mod.DatumError, TransformError) as e:
             raise self.error(str(e)) from None
 
+    def _source(self):
+        return self.param.data_param.source
+
+    def _probe(self, records):
+        """(shape, None) or (None, reason) per record, for _common_shape; notes whether they are encoded."""
+        self._encoded = None
+        for key, value in records:
+            try:
+                datum = datum_mod.parse(value, key)
+                shape = datum_mod.datum_to_array(datum, self.transformer.color, key).shape
+            except datum_mod.DatumError as e:
+                yield None, str(e)
+                continue
+            if self._encoded is None:
+                self._encoded = datum.encoded
+            yield shape, None
+
     def _make_source(self, offset):
         rank, size = self._sharding()
         source = LMDBSource(self.param.data_param.source, offset, rank, size)
-        return source, functools.partial(decode_datums, self.transformer), self._encoded
+        decode = functools.partial(decode_datums, self.transformer, skip=self.skip,
+                                   shape=self.item_shape if self.skip else None)
+        return source, decode, self._encoded
 
 
 @register
@@ -190,22 +353,41 @@ class ImageDataLayer(_PrefetchingLayer):
             self.transformer = DataTransformer(self.param.transform_param, self.phase, self.seed)
             self._color = bool(p.is_color)
             self._size = (int(p.new_height), int(p.new_width))
-            path, _, where = self.items[0]
-            try:
-                item_shape = image.decode(path, self._color, *self._size).shape
-            except image.ImageError as e:
-                raise image.ImageError(f"{where}: {e}") from None
+            self._bad_record_setup(len(self.items), shuffled=p.shuffle)
+            if self.skip:
+                self.item_shape = self._common_shape(map(self._probe, self.items), p.source)
+            else:   # Caffe's rule: the first image sets the shape
+                shape, bad = self._probe(self.items[0])
+                if bad:
+                    raise image.ImageError(bad)
+                self.item_shape = shape
             self.batch_size = int(p.batch_size)
             self.prefetch = int(self.param.data_param.prefetch)
-            self._set_top_shapes(top, item_shape)
+            self._set_top_shapes(top, self.item_shape)
             self._start(initial_offset(self.seed, p.rand_skip))
         except (image.ImageError, TransformError) as e:
             raise self.error(str(e)) from None
 
+    def _source(self):
+        return self.param.image_data_param.source
+
+    def _probe(self, item):
+        """(shape, None) or (None, reason) for one list item; a path leaving the root folder raises."""
+        path, _, where = item
+        root = self.param.image_data_param.root_folder
+        check_inside(os.path.realpath(root) if root else "", root, path, where)
+        try:
+            return image.decode(path, self._color, *self._size, name=f"{where}: {path}").shape, None
+        except image.ImageError as e:
+            return None, str(e)
+
     def _make_source(self, offset):
         rank, size = self._sharding()
-        source = ListSource(self.items, offset, rank, size, self.param.image_data_param.shuffle, self.seed)
-        decode = functools.partial(decode_image_files, self.transformer, self._color, *self._size)
+        p = self.param.image_data_param
+        source = ListSource(self.items, offset, rank, size, p.shuffle, self.seed)
+        decode = functools.partial(decode_image_files, self.transformer, self._color, *self._size,
+                                   skip=self.skip, shape=self.item_shape if self.skip else None,
+                                   root_folder=p.root_folder)
         return source, decode, True
 
 

@@ -1,6 +1,9 @@
 """convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME: image files -> LMDB of Datums.
 
-LISTFILE lines are `relative/path label`. Keys are `%08d_<relative path>`
+LISTFILE lines are `relative/path label`. An entry that leaves ROOTFOLDER
+(an absolute path, `..` climbing out, a symlink pointing outside) is refused
+naming the list line; with an empty ROOTFOLDER ("") paths are the user's
+own, relative to the working directory or absolute. Keys are `%08d_<relative path>`
 in list order (after -shuffle), so the database reads back in that order.
 Raw records hold C x H x W uint8 pixels in BGR order; with -encoded they
 hold JPEG/PNG bytes: the file's own bytes when it is already in the wanted
@@ -14,7 +17,7 @@ import numpy
 from ..data import db, image
 from ..data.datum import array_to_datum, encoded_datum
 from ..data.flags import FlagParser, ToolError, progress, run_main
-from ..data.sources import read_image_list
+from ..data.sources import check_inside, image_path, list_entries
 
 PROG = "convert_imageset"
 
@@ -44,7 +47,10 @@ def make_datum(path, label, color, height, width, encode_type):
 def convert(root, list_file, db_path, gray=False, shuffle=False, resize_height=0, resize_width=0,
             check_size=False, encoded=False, encode_type="", seed=0):
     """Convert the images named in list_file to a new LMDB database; returns the record count."""
-    items = read_image_list(list_file)
+    items = list_entries(list_file)
+    real_root = os.path.realpath(root) if root else ""
+    for name, _, where in items:   # refuse an entry leaving the root before writing anything
+        image_path(root, name, where)
     if shuffle:
         order = numpy.random.default_rng(seed).permutation(len(items))
         items = [items[i] for i in order]
@@ -54,7 +60,8 @@ def convert(root, list_file, db_path, gray=False, shuffle=False, resize_height=0
     first_shape = None
     with db.Writer(db_path) as writer, progress(len(items), PROG, "img") as bar:
         for line_id, (name, label, where) in enumerate(items):
-            path = os.path.join(root, name) if root else name
+            path = image_path(root, name, where)
+            check_inside(real_root, root, path, where)
             enc = None
             if encoded:
                 enc = encode_type or os.path.splitext(name)[1].lstrip(".").lower()

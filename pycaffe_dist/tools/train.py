@@ -1,9 +1,13 @@
 """`pycaffe-dist train`: train a net from a solver prototxt (Caffe's `caffe train`)."""
+import contextlib
 import logging
+import os
 import signal
 import sys
 
 from .. import backend, parallel
+from ..layers.base import LayerError
+from ..layers.dataset import BAD_RECORD_ENV
 from ..parallel import config as parallel_config, guardian, mpi
 from ..proto.io import read_solver
 from ..solvers import get_solver
@@ -67,12 +71,38 @@ def build_parser():
                help="what Ctrl-C does: stop (default), snapshot, none")
     p.add_flag("sighup_effect", default="snapshot", choices=sorted(EFFECTS),
                help="what SIGHUP does: snapshot (default), stop, none")
+    p.add_flag("bad_record", choices=("stop", "skip"),
+               help="what every Data/ImageData layer does with a bad record (not a Datum, wrong size, an "
+               "image that does not decode): stop the run naming it, or skip it with a counted warning "
+               "(default: each layer's data_param.bad_record, STOP)")
     return p
+
+
+@contextlib.contextmanager
+def bad_record_choice(choice):
+    """Set the data layers' bad-record choice for this process and the workers it starts."""
+    if not choice:
+        yield
+        return
+    previous = os.environ.get(BAD_RECORD_ENV)
+    os.environ[BAD_RECORD_ENV] = choice
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(BAD_RECORD_ENV, None)
+        else:
+            os.environ[BAD_RECORD_ENV] = previous
 
 
 @user_errors("train")
 def main(argv):
     args = build_parser().parse_args(argv)
+    with bad_record_choice(args.bad_record):
+        return _train(args, argv)
+
+
+def _train(args, argv):
     if args.weights and args.snapshot:
         raise UserError("give -weights or -snapshot, not both (Caffe's rule)")
     if mpi.launched():
@@ -101,6 +131,8 @@ def main(argv):
         with SignalActions(args.sigint_effect, args.sighup_effect) as actions, TrainingProgress(solver):
             solver.action_request = actions
             solver.solve(resume=args.snapshot)
+    except LayerError as e:      # a layer failing mid-run, a bad record with STOP: it names the layer
+        raise UserError(str(e)) from None
     finally:
         solver.close()
     return 0
