@@ -294,8 +294,13 @@ def test_a_broken_kernel_source_is_rejected(monkeypatch):
 
 
 def test_nvrtc_compiles_every_kernel_to_ptx():
-    pytest.importorskip("cupy_backends.cuda.libs.nvrtc",
-                        reason="NVRTC checks need the cupy-cuda12x and nvidia-cuda-nvrtc-cu12 wheels (~460 MB)")
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc",
+                                reason="NVRTC checks need the cupy-cuda12x and nvidia-cuda-nvrtc-cu12 wheels "
+                                       "(226 MB to download, 511 MB installed)")
+    try:
+        nvrtc.getVersion()
+    except Exception as e:  # noqa: BLE001 - cupy without the NVRTC library
+        pytest.skip(f"cupy is installed but NVRTC does not load ({e}); pip install nvidia-cuda-nvrtc-cu12")
     sizes = kernels.nvrtc_check()
     assert set(sizes) >= {"raw_float", "raw_double"} | {f"{s}_float" for s in kernels.SOLVER_RULES}
     assert all(size > 0 for size in sizes.values())
