@@ -6,6 +6,7 @@ a numerically stable softmax.
 """
 import numpy
 
+from ..ops.inner_product import InnerProduct as InnerProductOp
 from ..proto.caffe_pb2 import EltwiseParameter
 from .base import Layer, register
 
@@ -107,39 +108,32 @@ class InnerProduct(Layer):
                              f"but the weights take {expected}")
         top[0].reshape(tuple(shape[:self.axis]) + (self.num_output,))
 
-    def _weight_for_forward(self):
-        w = self.blobs[0].data
-        return w if self.transpose else w.T
-
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.m, self.k)
         y = top[0].data.reshape(self.m, self.num_output)
-        self.xp.matmul(x, self._weight_for_forward(), out=y)
+        self._gemms().forward(x, self.blobs[0].data, y, self.transpose)
         if self.bias_term:
             y += self.blobs[1].data
 
+    def _gemms(self):
+        # the GEMMs on the ops' threads, their scratch kept (ops/inner_product.py)
+        if getattr(self, "_op", None) is None:
+            self._op = InnerProductOp()
+        return self._op
+
     def backward(self, top, propagate_down, bottom):
-        xp = self.xp
         dy = top[0].diff.reshape(self.m, self.num_output)
         x = bottom[0].data.reshape(self.m, self.k)
         weight = self.blobs[0]
         if self.param_propagate_down[0]:
-            # numpy's matmul cannot accumulate (no GEMM beta), so the product
-            # lands in a reused buffer and is added: parameter diffs accumulate.
-            grad = scratch(self, "_weight_grad", weight.shape, weight.diff.dtype)
-            if self.transpose:
-                xp.matmul(x.T, dy, out=grad)
-            else:
-                xp.matmul(dy.T, x, out=grad)
-            weight_diff = weight.diff  # a local: `blob.diff += g` would also copy it onto itself
-            weight_diff += grad
+            # accumulated: parameter diffs add up until the solver clears them
+            self._gemms().weight_grad(dy, x, weight.diff, self.transpose)
         if self.bias_term and self.param_propagate_down[1]:
             bias_diff = self.blobs[1].diff
             bias_diff += dy.sum(axis=0)
         if propagate_down[0]:
-            w = weight.data
             dx = bottom[0].diff.reshape(self.m, self.k)
-            xp.matmul(dy, w.T if self.transpose else w, out=dx)
+            self._gemms().input_grad(dy, weight.data, dx, self.transpose)
 
 
 # -- Embed ------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""InnerProduct's three GEMMs, split over the ops' threads, and its weight
+gradient accumulated block by block.
+
+With W stored (N, K) (or (K, N) with transpose), the layer computes
+  forward:         y  (M, N)  = x (M, K) @ W^T
+  weight gradient: dW (N, K) += dy^T @ x     (transposed: dW (K, N) += x^T @ dy)
+  input gradient:  dx (M, K)  = dy (M, N) @ W
+BLAS is held to one thread (ops/threads.py), so a GEMM large enough to
+share is cut by output columns (forward, input gradient) or weight rows
+(weight gradient) into one contiguous run per thread; numpy releases the
+GIL inside each product. Every output element is still one dot product
+over the same inputs, so the split changes results by float rounding at
+most.
+
+numpy's matmul cannot accumulate (no GEMM beta), so the weight gradient is
+a product into scratch and an add. For CaffeNet's fc6 (4096 x 9216) a
+whole-matrix scratch costs an extra 150 MB write and read per iteration;
+in blocks of weight rows the scratch stays in cache and only the gradient
+itself crosses memory.
+"""
+import functools
+
+import numpy
+
+from .. import backend
+from . import threads
+from .workspace import Workspace
+
+BLOCK_BYTES = 1 << 20   # one weight-gradient block: stays in L2 while it is added
+SPLIT_FLOPS = 1 << 23   # smaller products run on one thread: the pool's hand-off would show
+
+
+class InnerProduct:
+    """The GEMMs of one InnerProduct layer; its scratch is reused across iterations."""
+
+    def __init__(self):
+        self.workspace = Workspace()
+
+    @staticmethod
+    def _parts(xp, flops, columns):
+        if flops < SPLIT_FLOPS:
+            return 1
+        return max(1, min(threads.count(xp), columns))
+
+    @staticmethod
+    def _column_runs(columns, parts):
+        return [(r.start, r.stop) for r in threads.split(range(columns), parts)]
+
+    def forward(self, x, w, y, transpose):
+        """y = x @ W^T (x @ W with transpose)."""
+        xp = backend.get_array_module(x)
+        wt = w if transpose else w.T                        # (K, N)
+        parts = self._parts(xp, 2 * x.shape[0] * wt.shape[0] * wt.shape[1], wt.shape[1])
+        self._by_columns(xp, x, wt, y, parts)
+
+    def input_grad(self, dy, w, dx, transpose):
+        """dx = dy @ W (dy @ W^T with transpose)."""
+        xp = backend.get_array_module(dy)
+        wn = w.T if transpose else w                        # (N, K)
+        parts = self._parts(xp, 2 * dy.shape[0] * wn.shape[0] * wn.shape[1], wn.shape[1])
+        self._by_columns(xp, dy, wn, dx, parts)
+
+    def _by_columns(self, xp, a, b, out, parts):
+        """out = a @ b, one run of out's columns per thread."""
+        if parts == 1:
+            xp.matmul(a, b, out=out)
+            return
+        threads.run([functools.partial(numpy.matmul, a, b[:, c0:c1], out=out[:, c0:c1])
+                     for c0, c1 in self._column_runs(b.shape[1], parts)])
+
+    def weight_grad(self, dy, x, diff, transpose):
+        """diff += dy^T @ x (x^T @ dy with transpose): accumulated, as Caffe's
+        parameter gradients are."""
+        xp = backend.get_array_module(dy)
+        a, b = (x, dy) if transpose else (dy, x)            # diff (R, C) += a^T @ b
+        rows, cols = diff.shape
+        if xp is not numpy:
+            grad = self.workspace.get("grad", diff.shape, diff.dtype, xp)
+            xp.matmul(a.T, b, out=grad)
+            diff += grad
+            return
+        block = max(1, min(rows, BLOCK_BYTES // max(1, cols * diff.itemsize)))
+        blocks = [(r0, min(rows, r0 + block)) for r0 in range(0, rows, block)]
+        parts = min(self._parts(xp, 2 * a.shape[0] * rows * cols, len(blocks)), len(blocks))
+
+        def work(lane, run):
+            grad = self.workspace.get("grad%d" % lane, (block, cols), diff.dtype, xp)
+            for r0, r1 in run:
+                part = grad[:r1 - r0]
+                numpy.matmul(a[:, r0:r1].T, b, out=part)
+                target = diff[r0:r1]
+                target += part
+        threads.run([functools.partial(work, lane, run)
+                     for lane, run in enumerate(threads.split(blocks, parts))])
