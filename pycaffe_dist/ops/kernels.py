@@ -249,11 +249,19 @@ def solver_outputs(solver_type):
     return ("w", "g") + tuple(f"h{k}" for k in range(SOLVER_RULES[solver_type][0]))
 
 
+def solver_params(solver_type):
+    """(in_params, out_params) of the type's ElementwiseKernel."""
+    return (", ".join([f"T {a}" for a in SOLVER_ARRAYS_IN]
+                      + [f"{'int32' if s == 'l1' else 'T'} {s}" for s in SOLVER_SCALARS]),
+            ", ".join(f"T {o}" for o in solver_outputs(solver_type)))
+
+
 def solver_body(solver_type):
     return _SOLVER_HEAD + "\n    " + SOLVER_RULES[solver_type][1] + _SOLVER_TAIL
 
 
 # -- launching -------------------------------------------------------------------------
+_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 _BLOCK = 256
 _MAX_BLOCKS = 65535
 
@@ -294,17 +302,13 @@ class _CudaKernels:
         signature, _ = RAW_KERNELS[name]
         kernel = self._modules[key].get_function(name)
         blocks = max(1, min(_MAX_BLOCKS, -(-n // _BLOCK)))
-        kernel((blocks,), (_BLOCK,), [numpy.int64(n)] + _scalar_args(signature, args, dtype))
+        kernel((blocks,), (_BLOCK,), tuple([numpy.int64(n)] + _scalar_args(signature, args, dtype)))
 
     def solver(self, solver_type, arrays, scalars):
         cupy = backend.cupy
         if solver_type not in self._solvers:   # CuPy compiles it per dtype and device on first call
-            outs = solver_outputs(solver_type)
             self._solvers[solver_type] = cupy.ElementwiseKernel(
-                ", ".join(f"T {a}" for a in SOLVER_ARRAYS_IN) + ", "
-                + ", ".join(f"{'int32' if s == 'l1' else 'T'} {s}" for s in SOLVER_SCALARS),
-                ", ".join(f"T {o}" for o in outs), solver_body(solver_type),
-                f"pycaffe_dist_{solver_type.lower()}_update")
+                *solver_params(solver_type), solver_body(solver_type), f"pycaffe_dist_{solver_type.lower()}_update")
         outs = solver_outputs(solver_type)
         self._solvers[solver_type](*[arrays[a] for a in SOLVER_ARRAYS_IN],
                                    *[numpy.int32(scalars["l1"]) if s == "l1" else scalars[s]
@@ -316,8 +320,10 @@ _cuda = _CudaKernels()
 
 
 def on_gpu(array):
-    """Whether `array` is a CuPy array, so the kernels here apply."""
-    return backend.cupy is not None and isinstance(array, backend.cupy.ndarray)
+    """Whether `array` is a float32 or float64 CuPy array, so the kernels here
+    apply (other dtypes keep the xp path)."""
+    return (backend.cupy is not None and isinstance(array, backend.cupy.ndarray)
+            and array.dtype in _FLOATS)
 
 
 def _kernels(kernels):
