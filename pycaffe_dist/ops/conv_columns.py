@@ -27,6 +27,7 @@ import itertools
 import math
 
 from .. import backend
+from . import gemm
 
 
 class _Columns:
@@ -112,7 +113,7 @@ class ChannelsLast(_Columns):
         g, og = self.group, self.outputs // self.group
         n = y.shape[0]
         prod = self._flat("prod", g * col.shape[0] * og, col.dtype, xp).reshape(g, col.shape[0], og)
-        xp.matmul(col.transpose(1, 0, 2), wmat, out=prod)
+        gemm.matmul(col.transpose(1, 0, 2), wmat, prod)
         src = prod.reshape(g, n, self.positions, og).transpose(1, 0, 3, 2)
         dst = y.reshape(n, g, og, self.positions)
         if bias is None:
@@ -133,7 +134,7 @@ class ChannelsLast(_Columns):
         """acc (g, K/g, O/g) += col^T @ dyc."""
         xp = backend.get_array_module(col)
         part = self.workspace.get(self.tag + "wpart", acc.shape, acc.dtype, xp)
-        xp.matmul(col.transpose(1, 2, 0), dyc, out=part)
+        gemm.matmul(col.transpose(1, 2, 0), dyc, part)
         acc += part
 
     def accumulator(self, dtype, xp):
@@ -158,7 +159,7 @@ class ChannelsLast(_Columns):
         dcol = dcol.reshape(self.group, volume, rows, cg)
         self.built = None   # the column buffer now holds gradients
         per_offset = wmat.reshape(self.group, volume, cg, -1).transpose(0, 1, 3, 2)
-        xp.matmul(dyc[:, None], per_offset, out=dcol)
+        gemm.matmul(dyc[:, None], per_offset, dcol)
         shape = (n,) + self.padded + (self.channels,)
         grad = self._buffer("grad", shape, dx.dtype, xp, capacity)
         grad.fill(0)
