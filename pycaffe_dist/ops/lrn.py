@@ -12,9 +12,13 @@ window sum applied to dy * y / scale:
 The window sums are slice adds over a zero-bordered buffer: n adds of whole
 arrays instead of a loop over positions.
 """
+import functools
+
 from .. import backend
-from . import kernels
+from . import kernels, threads
 from .workspace import Workspace
+
+SPLIT_ELEMENTS = 1 << 16    # smaller inputs run on one thread: the pool's hand-off would show
 
 
 def negative_power(xp, base, beta, out, scratch):
@@ -57,8 +61,15 @@ class LRN:
         buf = self.workspace.get(name, (n * c, h + self.size - 1, w + self.size - 1), x.dtype, xp, fill=0)
         return buf, buf[:, pre:pre + h, pre:pre + w].reshape(x.shape)
 
-    def _window_sum(self, xp, buf, out):
-        """out = sum over the window, read from the zero-bordered buffer."""
+    def _images(self, array, n0, n1, channels):
+        """Images [n0, n1) of a buffer laid out per image (across channels) or per plane."""
+        if self.across_channels:
+            return array[n0:n1]
+        return array[n0 * channels:n1 * channels]
+
+    def _window_sum(self, xp, buf, out, partial):
+        """out = sum over the window, read from the zero-bordered buffer;
+        `partial` is scratch for the separable within-channel box."""
         n, c, h, w = out.shape
         if self.across_channels:
             total = out.reshape(n, c, h * w)
@@ -67,7 +78,6 @@ class LRN:
                 total += buf[:, t:t + c]
             return
         # Separable box: columns first, then rows.
-        partial = self.workspace.get("partial", (n * c, h + self.size - 1, w), out.dtype, xp)
         xp.copyto(partial, buf[:, :, 0:w])
         for t in range(1, self.size):
             partial += buf[:, :, t:t + w]
@@ -76,8 +86,22 @@ class LRN:
         for t in range(1, self.size):
             total += partial[:, t:t + h]
 
+    def _partial(self, xp, x):
+        if self.across_channels:
+            return None
+        n, c, h, w = x.shape
+        return self.workspace.get("partial", (n * c, h + self.size - 1, w), x.dtype, xp)
+
     def _window(self):
         return self.size if self.across_channels else self.size * self.size
+
+    def _each_run(self, xp, x, body):
+        """body(n0, n1) over runs of images, one run per op thread (ops/threads.py);
+        every step is elementwise within an image, so the split changes no result."""
+        n = x.shape[0]
+        parts = min(threads.count(xp), n) if x.size >= SPLIT_ELEMENTS else 1
+        runs = [(r.start, r.stop) for r in threads.split(range(n), parts)]
+        threads.run([functools.partial(body, n0, n1) for n0, n1 in runs if n1 > n0])
 
     # -- the op --------------------------------------------------------------------------
     def forward(self, x, y):
@@ -90,15 +114,25 @@ class LRN:
             self._saved_x = self.workspace.get("x", x.shape, x.dtype, xp)
             xp.copyto(self._saved_x, x)
             x = self._saved_x
+        c = x.shape[1]
         buf, interior = self._padded(xp, x, "squares")
-        xp.multiply(x, x, out=interior)
+        partial = self._partial(xp, x)
         scale = self.workspace.get("scale", x.shape, x.dtype, xp)
-        self._window_sum(xp, buf, scale)
-        scale *= self.alpha / self._window()
-        scale += self.k if self.across_channels else 1.0
         powered = self.workspace.get("powered", x.shape, x.dtype, xp)
-        negative_power(xp, scale, self.beta, powered, self.workspace.get("total", x.shape, x.dtype, xp))
-        xp.multiply(x, powered, out=y)
+        total = self.workspace.get("total", x.shape, x.dtype, xp)
+        alpha = self.alpha / self._window()
+        shift = self.k if self.across_channels else 1.0
+
+        def run(n0, n1):
+            xs, sc = x[n0:n1], scale[n0:n1]
+            xp.multiply(xs, xs, out=interior[n0:n1])
+            self._window_sum(xp, self._images(buf, n0, n1, c), sc,
+                             None if partial is None else self._images(partial, n0, n1, c))
+            sc *= alpha
+            sc += shift
+            negative_power(xp, sc, self.beta, powered[n0:n1], total[n0:n1])
+            xp.multiply(xs, powered[n0:n1], out=y[n0:n1])
+        self._each_run(xp, x, run)
 
     def backward(self, dy, dx, x):
         """dx from dy; `x` is the bottom data of the forward pass (ignored
@@ -108,16 +142,25 @@ class LRN:
         xp = backend.get_array_module(dy)
         if self._saved_x is not None:
             x = self._saved_x
+        c = x.shape[1]
         scale = self.workspace.get("scale", x.shape, x.dtype, xp)
         powered = self.workspace.get("powered", x.shape, x.dtype, xp)
         buf, interior = self._padded(xp, x, "ratios")
-        # dy * y / scale, with y recomputed: the top may have been changed in place since.
-        xp.multiply(dy, x, out=interior)
-        interior *= powered
-        interior /= scale
+        partial = self._partial(xp, x)
         total = self.workspace.get("total", x.shape, x.dtype, xp)
-        self._window_sum(xp, buf, total)
-        total *= x
-        total *= 2.0 * self.alpha * self.beta / self._window()
-        xp.multiply(dy, powered, out=dx)
-        dx -= total
+        factor = 2.0 * self.alpha * self.beta / self._window()
+
+        def run(n0, n1):
+            # dy * y / scale, with y recomputed: the top may have been changed in place since.
+            inner, xs, dys = interior[n0:n1], x[n0:n1], dy[n0:n1]
+            xp.multiply(dys, xs, out=inner)
+            inner *= powered[n0:n1]
+            inner /= scale[n0:n1]
+            tot = total[n0:n1]
+            self._window_sum(xp, self._images(buf, n0, n1, c), tot,
+                             None if partial is None else self._images(partial, n0, n1, c))
+            tot *= xs
+            tot *= factor
+            xp.multiply(dys, powered[n0:n1], out=dx[n0:n1])
+            dx[n0:n1] -= tot
+        self._each_run(xp, x, run)

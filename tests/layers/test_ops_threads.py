@@ -46,3 +46,51 @@ def test_inner_product_on_several_threads_matches_the_products(transpose, monkey
         dw = got[2].T if transpose else got[2]
         for a, b in zip(expected, got[:2] + (dw,)):
             numpy.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=f"{count} threads")
+
+
+def lrn_reference(x, size, alpha, beta, k, across):
+    """Caffe's LRN written out: a sum over the window of squares, zero padded."""
+    pre = (size - 1) // 2
+    n, c, h, w = x.shape
+    if across:
+        padded = numpy.zeros((n, c + size - 1, h, w))
+        padded[:, pre:pre + c] = x * x
+        window = sum(padded[:, t:t + c] for t in range(size))
+        return x * (k + alpha / size * window) ** -beta
+    padded = numpy.zeros((n, c, h + size - 1, w + size - 1))
+    padded[:, :, pre:pre + h, pre:pre + w] = x * x
+    window = sum(padded[:, :, i:i + h, j:j + w] for i in range(size) for j in range(size))
+    return x * (1 + alpha / size ** 2 * window) ** -beta
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_on_several_threads_matches_one(region, monkeypatch):
+    from pycaffe_dist.ops import lrn
+    monkeypatch.setattr(lrn, "SPLIT_ELEMENTS", 0)
+    rng = numpy.random.default_rng(5)
+    x = rng.standard_normal((5, 6, 4, 3))
+    dy = rng.standard_normal(x.shape)
+    results = []
+    for count in (1, 2, 3):
+        monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        layer = make_layer('name: "n" type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 '
+                           'norm_region: %s }' % region)
+        bottom, top = [blob_of(x)], tops()
+        layer.setup(bottom, top)
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy()))
+    numpy.testing.assert_allclose(results[0][0], lrn_reference(x, 3, 0.5, 0.75, 2.0, region == "ACROSS_CHANNELS"),
+                                  rtol=1e-12)
+    # the gradient of sum(y * dy), numerically, at a few points
+    for index in [(0, 0, 0, 0), (2, 3, 1, 2), (4, 5, 3, 0)]:
+        step = numpy.zeros_like(x)
+        step[index] = 1e-6
+        up = lrn_reference(x + step, 3, 0.5, 0.75, 2.0, region == "ACROSS_CHANNELS")
+        down = lrn_reference(x - step, 3, 0.5, 0.75, 2.0, region == "ACROSS_CHANNELS")
+        assert abs(((up - down) * dy).sum() / 2e-6 - results[0][1][index]) < 1e-6
+    for got in results[1:]:         # every step is elementwise within an image: the same bits
+        for a, b in zip(results[0], got):
+            numpy.testing.assert_array_equal(a, b)
