@@ -18,6 +18,7 @@ from pycaffe_dist.blob import Blob
 from pycaffe_dist.data.prefetch import Pipeline
 from pycaffe_dist.layers import layer_class
 from pycaffe_dist.ops import AveragePooling, ConvGeometry, Im2col, LRN, MaxPooling, PoolGeometry, kernels, pooled_size
+from pycaffe_dist.ops import kernel_check, kernel_sources
 from pycaffe_dist.proto import caffe_pb2
 from pycaffe_dist.solvers import updates
 from pycaffe_dist.solvers.base import Solver
@@ -29,7 +30,7 @@ DTYPE = numpy.float64
 def host():
     if shutil.which("g++") is None:
         pytest.skip("no g++ to build the kernel sources for the host")
-    return kernels.HostKernels(DTYPE)
+    return kernel_check.HostKernels(DTYPE)
 
 
 class _Host:
@@ -281,16 +282,16 @@ def test_fused_solver_update_matches_numpy(device, solver_type, fields):
 def test_kernels_compile_for_float32_with_warnings_as_errors():
     if shutil.which("g++") is None:
         pytest.skip("no g++ to build the kernel sources for the host")
-    kernels.HostKernels(numpy.float32, syntax_only=True)
+    kernel_check.HostKernels(numpy.float32, syntax_only=True)
 
 
 def test_a_broken_kernel_source_is_rejected(monkeypatch):
     if shutil.which("g++") is None:
         pytest.skip("no g++ to build the kernel sources for the host")
-    signature, source = kernels.RAW_KERNELS["lrn_output"]
-    monkeypatch.setitem(kernels.RAW_KERNELS, "lrn_output", (signature, source.replace("-beta", "-betta")))
+    signature, source = kernel_sources.RAW_KERNELS["lrn_output"]
+    monkeypatch.setitem(kernel_sources.RAW_KERNELS, "lrn_output", (signature, source.replace("-beta", "-betta")))
     with pytest.raises(RuntimeError, match="betta"):
-        kernels.HostKernels(numpy.float64, syntax_only=True)
+        kernel_check.HostKernels(numpy.float64, syntax_only=True)
 
 
 def test_nvrtc_compiles_every_kernel_to_ptx():
@@ -301,8 +302,8 @@ def test_nvrtc_compiles_every_kernel_to_ptx():
         nvrtc.getVersion()
     except Exception as e:  # noqa: BLE001 - cupy without the NVRTC library
         pytest.skip(f"cupy is installed but NVRTC does not load ({e}); pip install nvidia-cuda-nvrtc-cu12")
-    sizes = kernels.nvrtc_check()
-    assert set(sizes) >= {"raw_float", "raw_double"} | {f"{s}_float" for s in kernels.SOLVER_RULES}
+    sizes = kernel_check.nvrtc_check()
+    assert set(sizes) >= {"raw_float", "raw_double"} | {f"{s}_float" for s in kernel_sources.SOLVER_RULES}
     assert all(size > 0 for size in sizes.values())
 
 
@@ -356,7 +357,7 @@ def test_training_through_the_dispatch_lines_matches_numpy(host, monkeypatch, so
         launch=lambda name, *a: (calls.append(name), host.launch(name, *a)),
         solver=lambda name, *a: (calls.append(name), host.solver(name, *a))))
     got = train(solver_type)
-    assert set(calls) == set(kernels.RAW_KERNELS) | {solver_type}
+    assert set(calls) == set(kernel_sources.RAW_KERNELS) | {solver_type}
     for g, w in zip(got, want):
         numpy.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
 
