@@ -250,3 +250,17 @@ def test_the_train_flag_overrides_the_prototxt(tmp_path, monkeypatch, capsys):
     assert "Optimization Done." in proc.stderr
     assert proc.stderr.count("skipped a bad record: record '") == 10
     assert f"layer 'data' (Data): {bad} bad records skipped in all" in proc.stderr
+
+
+def test_after_the_first_warnings_a_count_not_a_line_per_record(tmp_path, monkeypatch, warnings):
+    monkeypatch.setattr(dataset, "_COUNT_SECONDS", 0.0)      # a count at every read with bad records
+    path = str(tmp_path / "db")
+    good = write_mixed(path, 20, BAD)
+    _, _, layer = run(skip_param(path, 4), 12)
+    counts = [w for w in warnings if "bad records skipped" in w]
+    assert len(warnings) == 10 + 1 + len(counts)
+    totals = [int(w.split(": ")[1].split()[0]) for w in counts]
+    assert totals == sorted(set(totals)) and totals[0] > 10    # each count is new, none repeats a line
+    _, _, bad = reference(20, good, 12, 4)
+    assert totals[-1] == layer.skipped_records_total == bad
+    assert counts[-1].startswith(f"layer 'data' (Data): {bad} bad records skipped so far ({bad - totals[-2]} since")
