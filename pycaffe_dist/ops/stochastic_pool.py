@@ -70,14 +70,29 @@ class StochasticPooling:
             _, _, average = self._weighted_average(xp, windows)
             y.reshape(average.shape)[...] = average
             return
+        ws, shape = self.workspace, windows.shape
         if uniform is None:
-            uniform = backend.rng.generator.random(windows.shape[:-1], dtype=numpy.float32)
-        running = xp.cumsum(windows, axis=-1)
-        threshold = backend.to_device(uniform, xp).astype(x.dtype) * running[..., -1]
+            uniform = ws.get("uniform", shape[:-1], numpy.float32, numpy)
+            backend.rng.generator.random(out=uniform, dtype=numpy.float32)
+        running = ws.get("running", shape, x.dtype, xp)
+        xp.cumsum(windows, axis=-1, out=running)
+        threshold = ws.get("threshold", shape[:-1], x.dtype, xp)
+        xp.copyto(threshold, backend.to_device(uniform, xp))
+        threshold *= running[..., -1]
+        reached = ws.get("reached", shape, bool, xp)
+        xp.greater_equal(running, threshold[..., None], out=reached)
         # The first element whose running sum reaches the threshold (Caffe's
         # loop); argmax of an all-False row gives 0, the window's first element.
-        self.choice = xp.argmax(running >= threshold[..., None], axis=-1)
-        y.reshape(self.choice.shape)[...] = xp.take_along_axis(windows, self.choice[..., None], axis=-1)[..., 0]
+        choice = ws.get("choice", shape[:-1], xp.intp, xp)
+        xp.argmax(reached, axis=-1, out=choice)
+        # ... as an index into the flat windows: window number * K + choice
+        offsets = ws.get("offsets", shape[:-1], xp.intp, xp)
+        if getattr(self, "_offsets_for", None) != shape:
+            xp.copyto(offsets, xp.arange(0, offsets.size * shape[-1], shape[-1]).reshape(offsets.shape))
+            self._offsets_for = shape
+        self.choice = ws.get("flat_choice", shape[:-1], xp.intp, xp)
+        xp.add(choice, offsets, out=self.choice)
+        xp.take(windows.reshape(-1), self.choice.reshape(-1), out=y.reshape(-1), mode="clip")
 
     def backward(self, dy, dx, x=None):
         """dx: TRAIN routes each window's gradient to its sampled element;
@@ -87,8 +102,10 @@ class StochasticPooling:
         n, c, h, w = dx.shape
         grad = dy.reshape(n * c, *g.out_size)[..., None]
         if self.train:
-            taken = self.choice[..., None] == xp.arange(g.kernel[0] * g.kernel[1])
-            parts = grad * taken
+            # each window's gradient at its sampled element, zeros elsewhere
+            parts = self.workspace.get("parts", grad.shape[:-1] + (g.kernel[0] * g.kernel[1],), dx.dtype, xp)
+            parts.fill(0)
+            parts.reshape(-1)[self.choice.reshape(-1)] = dy.reshape(-1)
         else:
             # d/dx_k of sum(x^2) / sum(x) is (2 x_k - average) / sum; where the
             # average is 0 by definition (sum <= 0) the gradient is 0 too.
@@ -100,4 +117,4 @@ class StochasticPooling:
         (oh, ow), (sh, sw), kw = g.out_size, g.stride, g.kernel[1]
         for i, j in itertools.product(range(g.kernel[0]), range(kw)):
             padded[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] += parts[..., i * kw + j]
-        dx[...] = padded[:, :h, :w].reshape(dx.shape)
+        xp.copyto(dx.reshape(n * c, h, w), padded[:, :h, :w])
