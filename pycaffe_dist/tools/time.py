@@ -24,13 +24,22 @@ def _sync(net):
 
 
 def time_net(net, iterations):
-    """Mean ms per layer for forward and backward, plus totals: (forward, backward, total)."""
+    """Mean ms per layer for forward and backward, plus totals: (forward, backward, total).
+
+    As Caffe's `caffe time`: one untimed forward and backward first (buffers
+    are made then), then every layer timed on its own, each iteration's
+    forward-backward time logged."""
     n = len(net.layers)
     fwd, bwd = [0.0] * n, [0.0] * n
-    net.forward()
+    log.info("Performing Forward")
+    log.info("Initial loss: %g", net.forward())
+    log.info("Performing Backward")
     net.backward()
+    log.info("*** Benchmark begins ***")
+    log.info("Testing for %d iterations.", iterations)
     start = _time.perf_counter()
-    for _ in range(iterations):
+    for j in range(iterations):
+        begin = _time.perf_counter()
         for i in range(n):
             t = _time.perf_counter()
             net.forward(i, i)
@@ -41,6 +50,7 @@ def time_net(net, iterations):
             net.backward(i, i)
             _sync(net)
             bwd[i] += _time.perf_counter() - t
+        log.info("Iteration: %d forward-backward time: %g ms.", j + 1, (_time.perf_counter() - begin) * 1000)
     total = _time.perf_counter() - start
     scale = 1000.0 / iterations
     return [f * scale for f in fwd], [b * scale for b in bwd], total * scale
@@ -54,14 +64,16 @@ def main(argv):
         backend.set_mode_gpu()
         backend.set_device(gpus[0])
     net = Net(args.model, 0 if args.phase == "TRAIN" else 1)
-    log.info("Performing Forward-Backward, %d iterations.", args.iterations)
     fwd, bwd, total = time_net(net, args.iterations)
+    # Caffe's layout: names right-aligned in 10 columns, C++'s default
+    # six significant digits
     log.info("Average time per layer: ")
     for name, f, b in zip(net.layer_names, fwd, bwd):
-        log.info("%12s\tforward: %.5f ms.", name, f)
-        log.info("%12s\tbackward: %.5f ms.", name, b)
-    log.info("Average Forward pass: %.5f ms.", sum(fwd))
-    log.info("Average Backward pass: %.5f ms.", sum(bwd))
-    log.info("Average Forward-Backward: %.5f ms.", total)
-    log.info("Total Time: %.5f ms.", total * args.iterations)
+        log.info("%10s\tforward: %g ms.", name, f)
+        log.info("%10s\tbackward: %g ms.", name, b)
+    log.info("Average Forward pass: %g ms.", sum(fwd))
+    log.info("Average Backward pass: %g ms.", sum(bwd))
+    log.info("Average Forward-Backward: %g ms.", total)
+    log.info("Total Time: %g ms.", total * args.iterations)
+    log.info("*** Benchmark ends ***")
     return 0
