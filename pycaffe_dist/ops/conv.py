@@ -27,12 +27,17 @@ import numpy
 from .. import backend
 from . import conv_cost, threads
 from .conv_batch_last import BatchLast
-from .conv_columns import ChannelsFirst, ChannelsLast  # noqa: F401  (the layouts, for tests and callers)
+from .conv_columns import ChannelsFirst, ChannelsLast  # noqa: F401  (ChannelsFirst: for tests and callers)
 from .workspace import Workspace
 
 # Column bytes per chunk on the CPU: about half of a 2 MB L2, so the columns
 # and the GEMM's other operands stay in cache.
 COLUMN_BYTES = 1 << 20
+
+# Backward of a stride-1 convolution whose input gradient is a channels-last
+# convolution takes the weight gradient from that one's dy columns instead
+# of rebuilding x's (False: rebuild, for comparisons in bench/bench_conv.py).
+SHARED_COLUMNS = True
 
 def conv_out_size(size, kernel, stride, pad, dilation):
     """Caffe's convolution output size: rounds down."""
@@ -203,9 +208,13 @@ class Convolution:
         plan = self._plan(x.shape, o, dy.itemsize)
         by_convolution = dx is not None and plan.by_convolution
         col2im = dx is not None and not by_convolution
+        # The weight gradient from the dy columns the input gradient builds
+        # (ChannelsLast.transposed_weight_grad): x's columns are not rebuilt.
+        shared = (SHARED_COLUMNS and by_convolution and dweight is not None
+                  and plan.transpose_layout is ChannelsLast)
         lanes = threads.count(xp)
         forward = transpose = [None] * lanes
-        if dweight is not None or col2im:
+        if (dweight is not None and not shared) or col2im:
             forward = [self._columns("forward", k, plan.layout, self.geometry, c, o, x.shape[2:])
                        for k in range(lanes)]
         if by_convolution:
@@ -218,22 +227,33 @@ class Convolution:
         address = _address(x)
 
         def lane(cols, tcols, run):
-            if dweight is not None:
+            if shared:
+                acc = tcols.transposed_accumulator(weight.dtype, xp)
+                acc.fill(0)
+            elif dweight is not None:
                 acc = cols.accumulator(weight.dtype, xp)
                 acc.fill(0)
             for n0, n1 in reversed(run):
                 if cols is not None:
                     dyc = cols.output_grad(dy[n0:n1])
-                if dweight is not None:
+                if dweight is not None and not shared:
                     key = (address, n0, n1)
                     cols.weight_grad(cols.build(cols.load(x, n0, n1, capacity, key), key), dyc, acc)
                 if by_convolution:
-                    tcols.forward(tcols.build(tcols.load(dy, n0, n1, capacity)), twmat, dx[n0:n1], None)
+                    tcol = tcols.build(tcols.load(dy, n0, n1, capacity))
+                    if shared:
+                        tcols.transposed_weight_grad(tcol, x[n0:n1], acc, capacity)
+                    tcols.forward(tcol, twmat, dx[n0:n1], None)
                 elif col2im:
                     cols.col2im(dyc, wmat, dx[n0:n1], capacity)
         threads.run([functools.partial(lane, cols, tcols, run)
                      for cols, tcols, run in zip(forward, transpose, runs)])
-        if dweight is not None:
+        if shared:
+            acc = transpose[0].transposed_accumulator(weight.dtype, xp)
+            for tcols in transpose[1:len(runs)]:
+                acc += tcols.transposed_accumulator(weight.dtype, xp)
+            transpose[0].add_transposed_weight_grad(acc, dweight)
+        elif dweight is not None:
             # Lane by lane in a fixed order: the same thread count, the same sum.
             acc = forward[0].accumulator(weight.dtype, xp)
             for cols in forward[1:len(runs)]:

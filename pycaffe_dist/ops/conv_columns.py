@@ -145,6 +145,36 @@ class ChannelsLast(_Columns):
         g, og, cg = self.group, self.outputs // self.group, self.channels // self.group
         dweight += acc.reshape(g, -1, cg, og).transpose(0, 3, 2, 1).reshape(dweight.shape)
 
+    # -- as the input-gradient convolution (dy -> dx) of a stride-1 convolution x -> y --
+    def transposed_weight_grad(self, col, x, acc, capacity):
+        """acc (g, kernel * O/g, C/g) += col^T @ x, the weight gradient of
+        the convolution x -> y that this (dy -> dx) one transposes, from the
+        dy columns it just built: a column row is one input position q and
+        holds dy at q - k + pad for every kernel offset k (flipped), which
+        is what multiplies x at q in the weight gradient. So backward needs
+        x only moved to channels-last (rows, C), not its columns rebuilt.
+        Here self.channels is the forward's O and self.outputs its C."""
+        xp = backend.get_array_module(col)
+        n = x.shape[0]
+        g, cg = self.group, self.outputs // self.group
+        xl = self._buffer("xlast", (n,) + self.out + (self.outputs,), x.dtype, xp, capacity)
+        xp.copyto(xl, x.transpose(self.to_last))
+        part = self.workspace.get(self.tag + "wpart_t", acc.shape, acc.dtype, xp)
+        gemm.matmul(col.transpose(1, 2, 0), xl.reshape(-1, g, cg).transpose(1, 0, 2), part)
+        acc += part
+
+    def transposed_accumulator(self, dtype, xp):
+        return self.workspace.get(self.tag + "wacc_t", (self.group, self.k_group, self.outputs // self.group),
+                                  dtype, xp)
+
+    def add_transposed_weight_grad(self, acc, dweight):
+        """dweight (O, C/g, *kernel) += acc, kernel flipped back."""
+        g, kernel = self.group, self.geometry.kernel
+        og, cg = self.channels // g, self.outputs // g
+        blocks = acc.reshape((g,) + kernel + (og, cg))[(slice(None),) + (slice(None, None, -1),) * len(kernel)]
+        order = (0, len(kernel) + 1, len(kernel) + 2) + tuple(range(1, len(kernel) + 1))
+        dweight += blocks.transpose(order).reshape(dweight.shape)
+
     def col2im(self, dyc, wmat, dx, capacity):
         """dx (n, C, *S) = the input gradient through these columns (strided case).
 

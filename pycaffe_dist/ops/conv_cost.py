@@ -88,4 +88,13 @@ def plan(geometry, group, channels, outputs, spatial, batch, itemsize, column_by
         t_layout = min(FLOP_NS, key=t_costs.im2col_gemm)
         for layout in FLOP_NS:
             options[(layout, True, t_layout)] = step[layout] + t_costs.im2col_gemm(t_layout)
+        # Or channels-last dy columns that also give the weight gradient
+        # (conv.SHARED_COLUMNS): the forward's columns are built once, the
+        # weight GEMM is as big as the input gradient's, and x moves to
+        # channels-last.
+        shared = (t_costs.im2col_gemm(ChannelsLast) + t_costs.flops * FLOP_NS[ChannelsLast]
+                  + channels * math.prod(spatial) * TRANSPOSE_NS)
+        for layout in FLOP_NS:
+            options[(layout, True, ChannelsLast)] = min(options.get((layout, True, ChannelsLast), math.inf),
+                                                        step[layout] / 2 + shared)
     return Plan(*min(options, key=options.get))

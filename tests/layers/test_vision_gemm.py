@@ -97,3 +97,33 @@ def test_a_sample_is_computed_alike_in_any_batch():
             op.forward(x[:n], w, bias, y)
             results.append(y[0].copy())
         assert all(numpy.array_equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("kernel, pad, dilation, group", [
+    ((3, 3), (1, 1), (1, 1), 2),
+    ((3, 2), (2, 1), (2, 1), 1),
+    ((5, 5), (2, 2), (1, 1), 1),
+])
+def test_weight_gradient_from_the_input_gradients_columns(kernel, pad, dilation, group, monkeypatch):
+    # The shared path (dy's channels-last columns give dW) against
+    # rebuilding x's columns, with the layout and plan held fixed.
+    from pycaffe_dist.ops import conv, conv_cost
+    monkeypatch.setattr(conv_cost, "plan", lambda *a, **k: conv_cost.Plan(conv.ChannelsLast, True, conv.ChannelsLast))
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 3000)     # several chunks
+    rng = numpy.random.default_rng(6)
+    geometry = ops.ConvGeometry(kernel, (1, 1), pad, dilation)
+    x = rng.standard_normal((5, 4, 7, 6))
+    w = rng.standard_normal((6, 4 // group) + kernel)
+    y = numpy.empty((5, 6) + geometry.out_shape((7, 6)))
+    dy = rng.standard_normal(y.shape)
+    grads = []
+    for shared in (True, False):
+        monkeypatch.setattr(conv, "SHARED_COLUMNS", shared)
+        op = ops.Convolution(geometry, group)
+        op.forward(x, w, None, y)
+        dw, dx = numpy.full_like(w, 0.5), numpy.empty_like(x)
+        op.backward(x, dy, w, dweight=dw, dx=dx)
+        grads.append((dw, dx))
+        assert any("wacc_t" in name for name in op.workspace._arrays) == shared   # the path taken
+    for a, b in zip(*grads):
+        numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
