@@ -147,3 +147,35 @@ def test_idx(tmp_path_factory, raw, zipped, magic):
         idx.read_idx(path, magic)
     except idx.IdxError:
         pass
+
+
+def blob_bytes(legacy, dims, values, double):
+    blob = caffe_pb2.BlobProto(num=legacy[0], channels=legacy[1], height=legacy[2], width=legacy[3])
+    if dims is not None:
+        blob.shape.dim.extend(dims)
+    (blob.double_data if double else blob.data).extend(values)
+    return blob.SerializeToString()
+
+
+VALID_MEAN = blob_bytes((1, 2, 2, 3), None, [float(v) for v in range(12)], False)
+INT32 = st.integers(-2 ** 31, 2 ** 31 - 1)
+
+
+@fuzz
+@given(raw=st.one_of(
+    st.builds(blob_bytes, st.tuples(INT32, INT32, INT32, INT32),
+              st.none() | st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), max_size=5),
+              st.lists(st.floats(width=32), max_size=16), st.booleans()),
+    st.builds(blob_bytes, st.tuples(*[st.integers(0, 4)] * 4), st.none(),
+              st.lists(st.just(1.0), max_size=48), st.booleans()),
+    mutated(VALID_MEAN, SOME_BYTES), st.binary(max_size=64)))
+def test_mean_file(tmp_path_factory, raw):
+    path = str(tmp_path_factory.getbasetemp() / "fuzz_mean.binaryproto")
+    with open(path, "wb") as f:
+        f.write(raw)
+    try:
+        mean = datum_io.load_mean(path)
+    except datum_io.MeanError as e:
+        assert str(e).startswith(path + ": ")
+    else:
+        assert mean.ndim == 3 and mean.dtype == numpy.float32
