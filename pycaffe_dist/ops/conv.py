@@ -178,7 +178,7 @@ class Convolution:
         lanes = threads.count(xp)
         passes = [self._columns("forward", k, layout, self.geometry, c, o, x.shape[2:]) for k in range(lanes)]
         runs, capacity = self._chunks(xp, x.shape[0], x.itemsize, lanes, passes[0])
-        wmat = passes[0].weights(weight)
+        wmat = passes[0].forward_weights(weight, bias)
         address = _address(x)
 
         def lane(cols, run):

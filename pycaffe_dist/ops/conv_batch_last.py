@@ -20,6 +20,10 @@ class BatchLast(ChannelsFirst):
     """Columns (g, K/g, positions * n), images last; the weights and their
     gradient's layout are ChannelsFirst's."""
 
+    def forward_weights(self, weight, bias):
+        """The plain weights: from_batch_last adds the bias as it moves y."""
+        return self.weights(weight)
+
     def load(self, x, n0, n1, capacity, key=None):
         xp = backend.get_array_module(x)
         shape = (self.channels,) + self.padded + (capacity,)

@@ -29,6 +29,10 @@ import math
 from .. import backend
 from . import gemm
 
+# ChannelsFirst adds the bias inside the forward GEMM (False: as a pass over
+# y afterwards, for comparisons in bench/bench_conv.py).
+FUSED_BIAS = True
+
 
 class _Columns:
     """Buffers and shapes shared by the layouts for one geometry."""
@@ -70,6 +74,10 @@ class _Columns:
 
 class ChannelsLast(_Columns):
     """Columns (P, group, K/group) from a (n, *padded, C) copy of the chunk."""
+
+    def forward_weights(self, weight, bias):
+        """The weights forward() takes with this bias."""
+        return self.weights(weight)
 
     def weights(self, weight):
         """(O, C/g, *kernel) -> (g, kernel*C/g, O/g), rows in the columns' order."""
@@ -230,24 +238,46 @@ class ChannelsFirst(_Columns):
         strides = ((cg * st[1], st[1]) + tuple(s * d for s, d in zip(spatial, g.dilation)) + (st[0],)
                    + tuple(s * t for s, t in zip(spatial, g.stride)))
         count = n * self.positions
-        col = self._flat("col", self.group * self.k_group * count, buf.dtype, xp)
+        # Each group's K/g rows are followed by a row of ones, which meets
+        # the bias in forward_weights' last column: the bias add is part of
+        # the GEMM instead of another pass over y.
+        full = self._flat("col", self.group * (self.k_group + 1) * count, buf.dtype, xp)
+        full = full.reshape(self.group, self.k_group + 1, count)
+        col = full[:, :self.k_group]
         if key is None or key != self.built:
             xp.copyto(col.reshape(shape), xp.lib.stride_tricks.as_strided(buf, shape, strides))
+            full[:, self.k_group] = 1
             self.built = key
-        return col.reshape(self.group, self.k_group, count)
+        self.with_ones = full
+        return col
 
-    def _per_image(self, col, n):
-        """The columns as (n, g, K/g, positions): one matrix per image."""
-        return col.reshape(self.group, self.k_group, n, self.positions).transpose(2, 0, 1, 3)
+    def forward_weights(self, weight, bias):
+        """(g, O/g, K/g + 1): the weights and the bias as a last column."""
+        if bias is None or not FUSED_BIAS:
+            return self.weights(weight)
+        xp = backend.get_array_module(weight)
+        g, og, kg = self.group, self.outputs // self.group, self.k_group
+        mat = self.workspace.get(self.tag + "wbias", (g, og, kg + 1), weight.dtype, xp)
+        mat[..., :kg] = weight.reshape(g, og, kg)
+        mat[..., kg] = bias.reshape(g, og)
+        return mat
+
+    def _per_image(self, col, n, rows=None):
+        """The columns as (n, g, K/g, positions): one matrix per image
+        (rows=K/g + 1: with the row of ones)."""
+        if rows and rows > self.k_group:
+            col = self.with_ones
+        return col.reshape(self.group, col.shape[1], n, self.positions).transpose(2, 0, 1, 3)
 
     def forward(self, col, wmat, y, bias):
         """One GEMM per image straight into y[n], which is already (O,
-        positions): no product buffer, no move to NCHW."""
+        positions): no product buffer, no move to NCHW. With a bias, wmat
+        is forward_weights' and col must be what build() returned."""
         xp = backend.get_array_module(col)
         n = y.shape[0]
         out = y.reshape(n, self.group, self.outputs // self.group, self.positions)
-        xp.matmul(wmat, self._per_image(col, n), out=out)
-        if bias is not None:
+        xp.matmul(wmat, self._per_image(col, n, wmat.shape[-1]), out=out)
+        if bias is not None and wmat.shape[-1] == self.k_group:
             out += bias.reshape(self.group, -1, 1)
 
     def output_grad(self, dy):

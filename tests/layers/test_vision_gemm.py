@@ -1,6 +1,8 @@
-"""ops.gemm: products cut into blocks for OpenBLAS's small-matrix kernels,
-against float64 products, and the convolutions that use them against naive
-loops, numeric gradients and their own output at other batch sizes."""
+"""The convolution's GEMM paths: products cut into blocks for OpenBLAS's
+small-matrix kernels (ops.gemm) against float64 products, the convolutions
+that use them against naive loops, numeric gradients and their own output
+at other batch sizes; the weight gradient taken from the input gradient's
+columns and the bias added inside the GEMM, each against the plain path."""
 import numpy
 import pytest
 
@@ -127,3 +129,30 @@ def test_weight_gradient_from_the_input_gradients_columns(kernel, pad, dilation,
         assert any("wacc_t" in name for name in op.workspace._arrays) == shared   # the path taken
     for a, b in zip(*grads):
         numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_bias_inside_the_channels_first_gemm(group, monkeypatch):
+    # A row of ones under the columns meets the bias as the weights' last
+    # column: the same output as adding the bias afterwards, for every chunk.
+    from pycaffe_dist.ops import conv, conv_columns, conv_cost
+    monkeypatch.setattr(conv_cost, "plan", lambda *a, **k: conv_cost.Plan(conv.ChannelsFirst, False, None))
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 3000)     # several chunks
+    rng = numpy.random.default_rng(7)
+    geometry = ops.ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1))
+    x = rng.standard_normal((5, 4, 7, 6))
+    w = rng.standard_normal((6, 4 // group, 3, 3))
+    bias = rng.standard_normal(6)
+    outputs = []
+    for fused in (True, False):
+        monkeypatch.setattr(conv_columns, "FUSED_BIAS", fused)
+        y = numpy.empty((5, 6, 7, 6))
+        op = ops.Convolution(geometry, group)
+        op.forward(x, w, bias, y)
+        dw = numpy.zeros_like(w)
+        op.backward(x, numpy.ones_like(y), w, dweight=dw)    # the columns again, ones row and all
+        outputs += [y, dw]
+    expected = naive_conv(x, w, bias, (1, 1), (1, 1), (1, 1), group)
+    numpy.testing.assert_allclose(outputs[0], expected, rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(outputs[0], outputs[2], rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(outputs[1], outputs[3], rtol=1e-12, atol=1e-12)
