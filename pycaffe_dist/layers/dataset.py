@@ -1,4 +1,4 @@
-"""Layers that read datasets from disk: Data (LMDB), ImageData (list of files), HDF5Data.
+"""Layers that read datasets from disk: Data (LMDB), ImageData (list of files); HDF5Data in hdf5_data.py.
 
 Data and ImageData run the prefetch pipeline (pycaffe_dist/data/prefetch.py):
 forward only takes the next ready batch and copies it into the tops. The
@@ -21,18 +21,16 @@ a count now and then; `skipped_records_last` and `skipped_records_total`
 count them as the wait figures count waits. A whole pass over the records
 a worker reads with no good one is an error, not an endless loop.
 """
-import collections
 import functools
 import logging
-import math
 import os
-import time
 
 import numpy
 
 from .. import backend
 from ..data import datum as datum_mod
 from ..data import db, image
+from ..data.bad_records import BadRecords, NoGoodRecord, common_shape, pass_size
 from ..data.prefetch import Pipeline
 from ..data.sources import (
     ListSource,
@@ -46,23 +44,15 @@ from ..data.sources import (
 from ..data.transformer import DataTransformer, TransformError
 from ..proto import caffe_pb2
 from .base import Layer, register
+from .hdf5_data import h5py, h5py_available  # noqa: F401  (hdf5_output takes them from here)
 
-try:  # pragma: no cover - depends on the installation
-    import h5py
-    h5py_available = True
-except ImportError:
-    h5py = None
-    h5py_available = False
+if h5py_available:
+    from .hdf5_data import HDF5DataLayer  # noqa: F401  (registered there; kept importable from here)
 
 TRAIN = 0
 log = logging.getLogger("pycaffe_dist")
 # A wait longer than this is logged (debug level), like Caffe's "Waiting for data".
 _WAIT_LOG_SECONDS = 0.001
-# Skipped records: one warning each for the first few, then a count at most this often.
-_WARN_FIRST = 10
-_COUNT_SECONDS = 30.0
-# Skip mode sets the tops up with the most common shape among this many first good records.
-_SHAPE_PROBE = 16
 BAD_RECORD_ENV = "PYCAFFE_DIST_BAD_RECORD"
 
 
@@ -95,11 +85,9 @@ class _PrefetchingLayer(Layer):
 
     wait_seconds_last = 0.0
     wait_seconds_total = 0.0
-    skipped_records_last = 0
-    skipped_records_total = 0
     _pipeline = None
     _carry = None        # [Decoded, index of its first unused record] (skip mode)
-    _counted = (0, 0.0)  # (skipped_records_total at the last count logged, when)
+    _bad = None          # BadRecords, set up with the layer
 
     def _sharding(self):
         # TEST nets read everything on every worker, as Caffe's.
@@ -108,39 +96,30 @@ class _PrefetchingLayer(Layer):
         return 0, 1
 
     def _bad_record_setup(self, total, shuffled=False):
-        """Read the STOP/SKIP choice; `total` records, `shuffled` per epoch."""
+        """Read the STOP/SKIP choice for `total` records (`shuffled` each epoch)."""
         try:
             self.skip = skip_bad_records(self.param)
         except ValueError as e:
             raise self.error(str(e)) from None
-        # The records this worker can ever read: offsets rank, rank + size, ...
-        # of a shuffled list reach every record; in order they cycle through
-        # total / gcd(total, size) of them.
         _rank, size = self._sharding()
-        self.pass_size = total if shuffled and size > 1 else total // math.gcd(total, size)
-        self._streak = set()     # keys of the bad records read since the last good one
-        self._warned = 0
-        self._counted = (0, time.monotonic())   # (total at the last count, when)
+        self._bad = BadRecords(f"layer {self.name!r} ({self.type})", self._source(),
+                               pass_size(total, size, shuffled), size > 1)
 
-    def _common_shape(self, probes, source):
-        """Skip mode's top shape: the most common among the first good records.
+    def _common_shape(self, probes):
+        try:
+            return common_shape(probes, self._source())
+        except NoGoodRecord as e:
+            raise self.error(str(e)) from None
 
-        `probes` yields (shape, None) for a good record and (None, reason)
-        for a bad one, in record order. Taking the most common shape rather
-        than the first keeps one odd record at the front from making every
-        other record 'bad'.
-        """
-        shapes, first_bad = [], None
-        for shape, bad in probes:
-            if bad is not None:
-                first_bad = first_bad or bad
-                continue
-            shapes.append(tuple(shape))
-            if len(shapes) == _SHAPE_PROBE:
-                break
-        if not shapes:
-            raise self.error(f"{source}: every record is bad (the first: {first_bad})")
-        return collections.Counter(shapes).most_common(1)[0][0]
+    @property
+    def skipped_records_last(self):
+        """Bad records skipped while gathering the latest batch (skip mode)."""
+        return self._bad.last if self._bad else 0
+
+    @property
+    def skipped_records_total(self):
+        """Bad records skipped since the layer was set up (skip mode)."""
+        return self._bad.total if self._bad else 0
 
     def _start(self, offset):
         """(Re)start the pipeline at source offset `offset`."""
@@ -177,13 +156,15 @@ class _PrefetchingLayer(Layer):
         record not yet handed out, so a resume neither repeats nor loses one.
         """
         datas, labels, have, waited = [], [], 0, 0.0
-        self.skipped_records_last = 0
+        self._bad.new_batch()
         while have < self.batch_size:
             if self._carry is None:
                 decoded = self._pipeline.next()
                 waited += self._pipeline.wait_seconds_last
-                if decoded.skipped or self._streak:
-                    self._note_bad(decoded)
+                try:
+                    self._bad.note(decoded)
+                except NoGoodRecord as e:
+                    raise self.error(str(e)) from None
                 if decoded.data is None:
                     continue
                 self._carry = [decoded, 0]
@@ -202,42 +183,6 @@ class _PrefetchingLayer(Layer):
             return datas[0], labels[0]
         return numpy.concatenate(datas), numpy.concatenate(labels)
 
-    def _note_bad(self, decoded):
-        """Count and log the records a read skipped; stop when a whole pass held no good one."""
-        for _offset, _key, reason in decoded.skipped:
-            self._warned += 1
-            if self._warned <= _WARN_FIRST:
-                log.warning("%s: skipped a bad record: %s", self._who(), reason)
-            if self._warned == _WARN_FIRST:
-                log.warning("%s: further bad records are skipped and counted every %.0f s",
-                            self._who(), _COUNT_SECONDS)
-        n = len(decoded.skipped)
-        self.skipped_records_last += n
-        self.skipped_records_total += n
-        if decoded.offsets:
-            last_good = decoded.offsets[-1]
-            self._streak = {key for offset, key, _ in decoded.skipped if offset > last_good}
-        else:
-            self._streak.update(key for _, key, _ in decoded.skipped)
-        if len(self._streak) >= self.pass_size:
-            _rank, size = self._sharding()
-            whose = f"this worker's {self.pass_size} records" if size > 1 else f"its {self.pass_size} records"
-            reason = decoded.skipped[-1][2] if decoded.skipped else "?"
-            raise self.error(f"{self._source()}: no good record in a whole pass over {whose} "
-                             f"({self.skipped_records_total} skipped; the last: {reason})")
-        counted, when = self._counted
-        if self.skipped_records_total > max(counted, _WARN_FIRST) and time.monotonic() - when >= _COUNT_SECONDS:
-            self._log_count()
-
-    def _log_count(self, when="so far"):
-        counted, _ = self._counted
-        since = f" ({self.skipped_records_total - counted} since the last count)" if counted else ""
-        log.warning("%s: %d bad records skipped %s%s", self._who(), self.skipped_records_total, when, since)
-        self._counted = (self.skipped_records_total, time.monotonic())
-
-    def _who(self):
-        return f"layer {self.name!r} ({self.type})"
-
     def get_state(self):
         return {"offset": int(self._offset), "seed": int(self.seed)}
 
@@ -250,8 +195,8 @@ class _PrefetchingLayer(Layer):
     def close(self):
         """Stop the prefetch threads (and processes); a later forward restarts them."""
         self._stop()
-        if self.skipped_records_total > max(self._counted[0], _WARN_FIRST):
-            self._log_count("in all")
+        if self._bad:
+            self._bad.close()
 
     def _stop(self):
         if self._pipeline is not None:
@@ -299,7 +244,7 @@ class DataLayer(_PrefetchingLayer):
             with db.Reader(p.source) as reader:
                 self._bad_record_setup(reader.size)
                 if self.skip:
-                    self.item_shape = self._common_shape(self._probe(reader.items()), p.source)
+                    self.item_shape = self._common_shape(self._probe(reader.items()))
                 else:   # Caffe's rule: the first record sets the shape
                     key, value = reader.item()
                     first = datum_mod.parse(value, key)
@@ -355,7 +300,7 @@ class ImageDataLayer(_PrefetchingLayer):
             self._size = (int(p.new_height), int(p.new_width))
             self._bad_record_setup(len(self.items), shuffled=p.shuffle)
             if self.skip:
-                self.item_shape = self._common_shape(map(self._probe, self.items), p.source)
+                self.item_shape = self._common_shape(map(self._probe, self.items))
             else:   # Caffe's rule: the first image sets the shape
                 shape, bad = self._probe(self.items[0])
                 if bad:
@@ -389,109 +334,3 @@ class ImageDataLayer(_PrefetchingLayer):
                                    skip=self.skip, shape=self.item_shape if self.skip else None,
                                    root_folder=p.root_folder)
         return source, decode, True
-
-
-if h5py_available:
-    @register
-    class HDF5DataLayer(Layer):
-        """Rows of the datasets named by the tops, from a list of .h5 files (hdf5_data_param).
-
-        Each file is read whole into memory when reached, as Caffe does; the
-        order is files then rows, both reshuffled each epoch with `shuffle`.
-        """
-
-        type = "HDF5Data"
-        exact_num_bottom = 0
-        min_top = 1
-        allow_backward = False
-
-        def layer_setup(self, bottom, top):
-            p = self.param.hdf5_data_param
-            if not p.batch_size:
-                raise self.error("hdf5_data_param.batch_size must be positive")
-            self.batch_size = int(p.batch_size)
-            try:
-                with open(p.source, encoding="utf-8") as f:
-                    self.files = [line.strip() for line in f if line.strip()]
-            except OSError as e:
-                raise self.error(f"{p.source}: cannot read the file list: {e.strerror}") from None
-            if not self.files:
-                raise self.error(f"{p.source}: lists no .h5 files")
-            self.names = list(self.param.top)
-            self.rows, shapes = [], None
-            for path in self.files:
-                try:
-                    with h5py.File(path, "r") as f:
-                        missing = [n for n in self.names if n not in f]
-                        if missing:
-                            raise self.error(f"{path}: has no dataset {', '.join(missing)}")
-                        file_shapes = [f[n].shape[1:] for n in self.names]
-                        counts = {f[n].shape[0] for n in self.names}
-                except OSError as e:
-                    raise self.error(f"{path}: cannot open as HDF5: {e}") from None
-                if len(counts) != 1:
-                    raise self.error(f"{path}: datasets {self.names} have different row counts")
-                if shapes is not None and file_shapes != shapes:
-                    raise self.error(f"{path}: row shapes {file_shapes} differ from {self.files[0]}'s {shapes}")
-                shapes = file_shapes
-                self.rows.append(counts.pop())
-            self.total = sum(self.rows)
-            self.shapes = shapes
-            self.seed = int(backend.rng.generator.integers(0, 2 ** 63))
-            self.offset = 0
-            self._cache = (None, None)
-            self._epoch = (None, None)
-            for blob, shape in zip(top, shapes):
-                blob.reshape((self.batch_size,) + tuple(shape))
-
-        def reshape(self, bottom, top):
-            pass
-
-        def _epoch_order(self, epoch):
-            """File order and per-file row orders for one epoch."""
-            if self._epoch[0] != epoch:
-                files = list(range(len(self.files)))
-                rows = [numpy.arange(n) for n in self.rows]
-                if self.param.hdf5_data_param.shuffle:
-                    rng = numpy.random.default_rng([self.seed & 0xFFFFFFFF, self.seed >> 32, epoch])
-                    files = list(rng.permutation(len(self.files)))
-                    rows = [rng.permutation(n) for n in self.rows]
-                starts = numpy.cumsum([0] + [self.rows[i] for i in files])
-                self._epoch = (epoch, (files, rows, starts))
-            return self._epoch[1]
-
-        def _file(self, index):
-            if self._cache[0] != index:
-                with h5py.File(self.files[index], "r") as f:
-                    self._cache = (index, [numpy.asarray(f[n]) for n in self.names])
-            return self._cache[1]
-
-        def _row(self, offset):
-            epoch, pos = divmod(offset, self.total)
-            files, rows, starts = self._epoch_order(epoch)
-            k = int(numpy.searchsorted(starts, pos, side="right")) - 1
-            index = files[k]
-            return self._file(index), int(rows[index][pos - starts[k]])
-
-        def forward(self, bottom, top):
-            rank, size = (backend.solver_rank(), backend.solver_count()) if self.phase == TRAIN else (0, 1)
-            batch = [numpy.empty((self.batch_size,) + tuple(s), numpy.float32) for s in self.shapes]
-            filled = 0
-            while filled < self.batch_size:
-                if self.offset % size == rank:
-                    arrays, row = self._row(self.offset)
-                    for out, arr in zip(batch, arrays):
-                        out[filled] = arr[row]
-                    filled += 1
-                self.offset += 1
-            for blob, arr in zip(top, batch):
-                blob.reshape(arr.shape)
-                blob.data[...] = backend.to_device(arr, backend.get_array_module(blob.data))
-
-        def get_state(self):
-            return {"offset": int(self.offset), "seed": int(self.seed)}
-
-        def set_state(self, state):
-            if state:
-                self.offset, self.seed = int(state["offset"]), int(state["seed"])
-                self._epoch = (None, None)

@@ -17,7 +17,7 @@ from PIL import Image
 from pycaffe_dist import backend
 from pycaffe_dist.blob import Blob
 from pycaffe_dist.cli import main
-from pycaffe_dist.data import db
+from pycaffe_dist.data import bad_records, db
 from pycaffe_dist.data.datum import array_to_datum, encoded_datum
 from pycaffe_dist.layers import dataset
 from pycaffe_dist.layers.base import LayerError
@@ -253,7 +253,7 @@ def test_the_train_flag_overrides_the_prototxt(tmp_path, monkeypatch, capsys):
 
 
 def test_after_the_first_warnings_a_count_not_a_line_per_record(tmp_path, monkeypatch, warnings):
-    monkeypatch.setattr(dataset, "_COUNT_SECONDS", 0.0)      # a count at every read with bad records
+    monkeypatch.setattr(bad_records, "COUNT_SECONDS", 0.0)   # a count at every read with bad records
     path = str(tmp_path / "db")
     good = write_mixed(path, 20, BAD)
     _, _, layer = run(skip_param(path, 4), 12)
