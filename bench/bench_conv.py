@@ -1,12 +1,22 @@
-"""The convolutions of LeNet and cifar10_quick, layer by layer: pycaffe_dist's
-op against PyTorch CPU at one thread, forward and backward separately.
+"""The convolutions of LeNet, cifar10_quick/cifar10_full and CaffeNet, layer
+by layer: pycaffe_dist's op against PyTorch CPU, forward and backward
+separately, or (--compare) the op with and without the GEMM paths of
+issue #8.
 
-Times are medians of the calling thread's CPU time, which other jobs on a
-shared machine disturb far less than wall time; both frameworks run on the
-calling thread at one thread. The layout column says which column layout
-and input-gradient method the cost model chose.
+At one thread, times are medians of the calling thread's CPU time, which
+other jobs on a shared machine disturb far less than wall time; both
+frameworks run on the calling thread. At two threads (--threads 2) the
+ops' second lane runs on a pool thread, so times are wall-clock medians.
+The layout column says which column layout and input-gradient method the
+cost model chose.
 
-    .venv/bin/python bench/bench_conv.py [--rounds 15]
+--compare alternates, in this one process, the op as it is and the op with
+ops.gemm's blocked products, the shared backward columns
+(conv.SHARED_COLUMNS) and the bias inside the channels-first GEMM
+(conv_columns.FUSED_BIAS) switched off, and prints new/old per pass.
+
+    .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare]
+        [--layers lenet/conv1,...] [--caffenet]
 """
 import argparse
 import os
@@ -14,29 +24,52 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+THREADS = "1"
+if "--threads" in sys.argv[1:-1]:
+    THREADS = sys.argv[sys.argv.index("--threads") + 1]
+os.environ.setdefault("OMP_NUM_THREADS", THREADS)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", THREADS)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# name: (batch, channels, outputs, size, pad, input gradient needed)
+# name: (batch, channels, outputs, size, kernel, stride, pad, group, input gradient needed)
+# cifar10_full's convolutions have cifar10_quick's shapes.
 LAYERS = {
-    "lenet/conv1": (64, 1, 20, 28, 0, False),
-    "lenet/conv2": (64, 20, 50, 12, 0, True),
-    "cifar/conv1": (100, 3, 32, 32, 2, False),
-    "cifar/conv2": (100, 32, 32, 16, 2, True),
-    "cifar/conv3": (100, 32, 64, 8, 2, True),
+    "lenet/conv1": (64, 1, 20, 28, 5, 1, 0, 1, False),
+    "lenet/conv2": (64, 20, 50, 12, 5, 1, 0, 1, True),
+    "cifar/conv1": (100, 3, 32, 32, 5, 1, 2, 1, False),
+    "cifar/conv2": (100, 32, 32, 16, 5, 1, 2, 1, True),
+    "cifar/conv3": (100, 32, 64, 8, 5, 1, 2, 1, True),
 }
+CAFFENET = {
+    "caffenet/conv1": (16, 3, 96, 227, 11, 4, 0, 1, False),
+    "caffenet/conv2": (16, 96, 256, 27, 5, 1, 2, 2, True),
+    "caffenet/conv3": (16, 256, 384, 13, 3, 1, 1, 1, True),
+    "caffenet/conv4": (16, 384, 384, 13, 3, 1, 1, 2, True),
+    "caffenet/conv5": (16, 384, 256, 13, 3, 1, 1, 2, True),
+}
+SWITCHES = (("gemm", "ENABLED"), ("conv", "SHARED_COLUMNS"), ("conv_columns", "FUSED_BIAS"))
 
 
-def ours(batch, channels, outputs, size, pad, needs_dx):
+def switch(on):
+    """Issue #8's GEMM paths on (as shipped) or off (as before)."""
+    from pycaffe_dist import ops
+    for module, name in SWITCHES:
+        setattr(getattr(ops, module), name, on)
+
+
+def out_size(size, kernel, stride, pad):
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def ours(batch, channels, outputs, size, kernel, stride, pad, group, needs_dx):
     import numpy
     from pycaffe_dist import ops
     rng = numpy.random.default_rng(0)
-    op = ops.Convolution(ops.ConvGeometry((5, 5), (1, 1), (pad, pad), (1, 1)))
+    op = ops.Convolution(ops.ConvGeometry((kernel, kernel), (stride, stride), (pad, pad), (1, 1)), group)
     x = rng.random((batch, channels, size, size), dtype=numpy.float32)
-    w = rng.random((outputs, channels, 5, 5), dtype=numpy.float32)
+    w = rng.random((outputs, channels // group, kernel, kernel), dtype=numpy.float32)
     b = numpy.zeros(outputs, numpy.float32)
-    out = size + 2 * pad - 4
+    out = out_size(size, kernel, stride, pad)
     y = numpy.empty((batch, outputs, out, out), numpy.float32)
     dy = rng.random(y.shape, dtype=numpy.float32)
     dw, db = numpy.zeros_like(w), numpy.zeros_like(b)
@@ -49,17 +82,20 @@ def ours(batch, channels, outputs, size, pad, needs_dx):
     return (lambda: op.forward(x, w, b, y)), (lambda: op.backward(x, dy, w, dw, db, dx)), describe
 
 
-def pytorch(batch, channels, outputs, size, pad, needs_dx):
+def pytorch(batch, channels, outputs, size, kernel, stride, pad, group, needs_dx):
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(THREADS))
     x = torch.rand(batch, channels, size, size, requires_grad=needs_dx)
-    w = torch.rand(outputs, channels, 5, 5, requires_grad=True)
+    w = torch.rand(outputs, channels // group, kernel, kernel, requires_grad=True)
     b = torch.zeros(outputs, requires_grad=True)
     state = {}
 
+    def conv():
+        return torch.nn.functional.conv2d(x, w, b, stride=stride, padding=pad, groups=group)
+
     def forward():
-        state["y"] = torch.nn.functional.conv2d(x, w, b, padding=pad)
-    dy = torch.rand_like(torch.nn.functional.conv2d(x, w, b, padding=pad))
+        state["y"] = conv()
+    dy = torch.rand_like(conv())
 
     def backward():
         state["y"].backward(dy)
@@ -70,29 +106,59 @@ def median_ms(times):
     return statistics.median(times) * 1e3
 
 
+def measure(pairs, rounds, clock):
+    """Alternate the (forward, backward) pairs for `rounds` rounds; median
+    ms of each pass of each pair."""
+    for f, b in pairs:          # warm-up: buffers, plans, first-call costs
+        f()
+        b()
+    times = [([], []) for _ in pairs]
+    for _ in range(rounds):
+        for (f, b), (tf, tb) in zip(pairs, times):
+            start = clock()
+            f()
+            middle = clock()
+            b()
+            tf.append(middle - start)
+            tb.append(clock() - middle)
+    return [(median_ms(tf), median_ms(tb)) for tf, tb in times]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compare", action="store_true", help="new/old in one process instead of against PyTorch")
+    ap.add_argument("--caffenet", action="store_true", help="CaffeNet's convolutions too (batch 16)")
+    ap.add_argument("--layers", default="", help="comma-separated names (default: all)")
     args = ap.parse_args()
-    print("%-12s %-36s %9s %9s %6s %9s %9s %6s" % ("layer", "layout", "fwd ms", "torch", "ratio",
-                                                   "bwd ms", "torch", "ratio"))
-    for name, shape in LAYERS.items():
+    layers = dict(LAYERS, **(CAFFENET if args.caffenet else {}))
+    if args.layers:
+        layers = {name: {**LAYERS, **CAFFENET}[name] for name in args.layers.split(",")}
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    print("threads %d, %s, load %.1f" % (args.threads, "thread CPU ms" if args.threads == 1 else "wall ms",
+                                        os.getloadavg()[0]))
+    other = "old" if args.compare else "torch"
+    print("%-15s %-36s %9s %9s %6s %9s %9s %6s" % ("layer", "layout", "fwd ms", other, "ratio",
+                                                   "bwd ms", other, "ratio"))
+    for name, shape in layers.items():
         f, b, describe = ours(*shape)
-        tf, tb = pytorch(*shape)
-        times = {k: [] for k in ("f", "b", "tf", "tb")}
-        for fn in (f, b, tf, tb):      # warm-up: buffers, plans, first-call costs
-            fn()
-        for _ in range(args.rounds):
-            for key, pair in (("f", (f, b)), ("tf", (tf, tb))):
-                start = time.thread_time()
-                pair[0]()
-                middle = time.thread_time()
-                pair[1]()
-                times[key].append(middle - start)
-                times["b" if key == "f" else "tb"].append(time.thread_time() - middle)
-        m = {k: median_ms(v) for k, v in times.items()}
-        print("%-12s %-36s %9.2f %9.2f %6.2f %9.2f %9.2f %6.2f" % (
-            name, describe(), m["f"], m["tf"], m["f"] / m["tf"], m["b"], m["tb"], m["b"] / m["tb"]))
+        if args.compare:
+            fo, bo, _ = ours(*shape)
+
+            def off(fn):
+                def run():
+                    switch(False)
+                    try:
+                        fn()
+                    finally:
+                        switch(True)
+                return run
+            (mf, mb), (of, ob) = measure([(f, b), (off(fo), off(bo))], args.rounds, clock)
+        else:
+            (mf, mb), (of, ob) = measure([(f, b), pytorch(*shape)], args.rounds, clock)
+        print("%-15s %-36s %9.2f %9.2f %6.2f %9.2f %9.2f %6.2f" % (
+            name, describe(), mf, of, mf / of, mb, ob, mb / ob))
     return 0
 
 
