@@ -13,10 +13,16 @@ FireCaffe (Iandola et al., CVPR 2016) writes the first two in bits over a
 bandwidth: 32 |W| p / BW for the server, 2 * 32 |W| log2(p) / BW for the
 tree. The strategies' costs follow from how often and how much they send.
 
-With more ranks than cores on one machine (Network.cores), the ranks that
-copy and add at the same time share the cores, so each step's byte terms
-grow by active ranks / cores: every rank is busy at every step of the ring
-and of halving-doubling, only p / 2^k ranks at level k of the tree.
+On one machine with more ranks than cores (Network.cores), the ranks take
+turns on the cores, and a message waits until its peer runs again: every
+message step costs alpha_shared, measured with all ranks exchanging 8
+bytes around a ring (a scheduler's time slice, not a wire's latency). A
+phase in which more ranks are at work than there are cores is bound by
+what the machine moves and adds in all, not by one rank's path: each
+rank's share of all the bytes sent costs beta_shared per byte (measured
+with all ranks exchanging 1 MB messages around a ring), and all the
+additions share the cores (gamma * total / cores). A phase with no more
+ranks at work than cores moves and adds at the one-rank-per-core rates.
 """
 import math
 from dataclasses import dataclass
@@ -26,16 +32,43 @@ ALLREDUCE_ALGORITHMS = ("ps", "binomial", "ring", "halving_doubling")
 
 @dataclass(frozen=True)
 class Network:
-    """alpha: seconds per message; beta: seconds per byte; gamma: seconds per byte summed; cores: 0 = one per rank."""
+    """alpha: seconds per message; beta: seconds per byte; gamma: seconds per byte summed; cores: 0 = one per rank.
+
+    alpha_shared, beta_shared: alpha and beta when the ranks outnumber the cores (None: alpha, beta).
+    beta_oneway: seconds per byte sent one way (None: beta, which is per byte of an exchange
+        step, in which a rank sends and receives as much).
+    """
 
     alpha: float = 5e-6
     beta: float = 1 / 10e9
     gamma: float = 0.0
     cores: int = 0
+    alpha_shared: float = None
+    beta_shared: float = None
+    beta_oneway: float = None
 
-    def crowding(self, active):
-        """How much slower byte work runs when `active` ranks share the cores."""
-        return max(1.0, active / self.cores) if self.cores else 1.0
+    def shared(self, ranks):
+        """Whether `ranks` outnumber the cores."""
+        return bool(self.cores) and ranks > self.cores
+
+    def latency(self, p):
+        """Seconds per message step in a job of p ranks (all of them take turns on the cores, busy or waiting)."""
+        return self.alpha_shared if self.shared(p) and self.alpha_shared is not None else self.alpha
+
+    def bytes_seconds(self, active, critical, total, one_way=False):
+        """Seconds to move the bytes of a phase: `critical` on its longest path, `total` by all ranks."""
+        if self.shared(active) and self.beta_shared is not None:
+            return max(critical * self._beta(one_way), total / active * self.beta_shared)
+        return critical * self._beta(one_way)
+
+    def add_seconds(self, active, critical, total):
+        """Seconds to add the bytes of a phase: `critical` on its longest path, `total` by all ranks."""
+        if self.shared(active):
+            return max(critical, total / self.cores) * self.gamma
+        return critical * self.gamma
+
+    def _beta(self, one_way):
+        return self.beta_oneway if one_way and self.beta_oneway is not None else self.beta
 
     @classmethod
     def from_bandwidth(cls, gbit_per_s, latency_us=5.0, gamma=0.0):
@@ -46,22 +79,29 @@ def allreduce_seconds(algorithm, n_bytes, p, net, servers=1):
     """Seconds to sum n_bytes over p workers with `algorithm` (ALLREDUCE_ALGORITHMS, or "mpi")."""
     if p <= 1:
         return 0.0
-    a, n = net.alpha, float(n_bytes)
+    a, n = net.latency(p), float(n_bytes)
     log_p = math.ceil(math.log2(p))
     if algorithm == "ps":
         # Every worker pushes and fetches its shard of each server; a server's link carries 2p messages.
         return 2 * p * (a + n / servers * net.beta) + p * n / servers * net.gamma
     if algorithm == "binomial":
-        level = [net.crowding(p / 2 ** k) for k in range(log_p)]    # ranks at work on each level
-        return 2 * log_p * a + sum(level) * n * (2 * net.beta + net.gamma)
-    f = net.crowding(p)
-    b, g = net.beta * f, net.gamma * f
+        # Pipelined by pieces: the root receives, adds and sends the buffer once per level,
+        # and each of the p - 1 edges of the tree carries it up and down.
+        return (2 * log_p * a + net.bytes_seconds(p, 2 * log_p * n, 2 * (p - 1) * n, one_way=True)
+                + net.add_seconds(p, log_p * n, (p - 1) * n))
     if algorithm == "ring":
-        return 2 * (p - 1) * a + 2 * (p - 1) / p * n * b + (p - 1) / p * n * g
+        return (2 * (p - 1) * a + net.bytes_seconds(p, 2 * (p - 1) / p * n, 2 * (p - 1) * n)
+                + net.add_seconds(p, (p - 1) / p * n, (p - 1) * n))
     if algorithm in ("halving_doubling", "mpi"):
         p2 = 1 << int(math.log2(p))
-        fold = 0.0 if p2 == p else 2 * (a + n * b) + n * g   # the extra ranks' hand-off and return
-        return fold + 2 * math.log2(p2) * a + 2 * (p2 - 1) / p2 * n * b + (p2 - 1) / p2 * n * g
+        extra = p - p2
+        total = (2 * math.log2(p2) * a
+                 + net.bytes_seconds(p2, 2 * (p2 - 1) / p2 * n, 2 * (p2 - 1) * n)
+                 + net.add_seconds(p2, (p2 - 1) / p2 * n, (p2 - 1) * n))
+        if extra:   # first and last, the extra ranks hand their buffers over and get the sum back
+            total += (2 * net.latency(p) + net.bytes_seconds(2 * extra, 2 * n, 2 * extra * n, one_way=True)
+                      + net.add_seconds(2 * extra, n, extra * n))
+        return total
     raise ValueError("unknown algorithm %r (known: %s, mpi)" % (algorithm, ", ".join(ALLREDUCE_ALGORITHMS)))
 
 
