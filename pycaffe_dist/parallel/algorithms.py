@@ -20,6 +20,8 @@ owner, before it is distributed.
 
 The point-to-point algorithms need a communicator with isend/irecv/waitany
 (the MPI one); select one with `parallel_param { algorithm: "ring" }`.
+A CuPy buffer is copied to host memory once per call (the communicator's
+staging) and the algorithm runs on the copy.
 """
 import numpy
 
@@ -248,6 +250,12 @@ def allreduce(comm, buf, algorithm="mpi", chunk=CHUNK_BYTES, wire=None):
         run = ALLREDUCE[algorithm]
     except KeyError:
         raise ValueError("unknown allreduce algorithm %r (known: %s)" % (algorithm, ", ".join(ALLREDUCE))) from None
+    staging = getattr(comm, "staging", None)
+    if run is not mpi_allreduce and staging is not None and staging.needed(buf):
+        # A device (CuPy) buffer: the whole algorithm runs on one host copy, added up on the CPU.
+        with staging.on_host(buf) as host:
+            run(comm, host, chunk, wire)
+        return buf
     return run(comm, buf, chunk, wire)
 
 

@@ -45,7 +45,7 @@ class RankResult:
 
 
 def train(solver_path, resume=None, weights=(), action_request=None, setup=None, dtype=numpy.float32,
-          comm=None, **overrides):
+          comm=None, gpus=(), **overrides):
     """Train `solver_path` as this rank of the MPI job; returns a RankResult.
 
     Args:
@@ -57,6 +57,8 @@ def train(solver_path, resume=None, weights=(), action_request=None, setup=None,
         setup: setup(solver, comm, settings) runs on every training rank once
             its solver exists (feed MemoryData layers, add callbacks).
         comm: an MPIComm (default: COMM_WORLD with the settings' timeout).
+        gpus: device ids of this node; a training rank runs on gpus[local rank % len(gpus)]
+            (one rank per GPU: start as many ranks per node as ids). Empty: the CPU.
         overrides: ClusterSettings fields that win over parallel_param
             (strategy=, algorithm=, compression=, timeout=, ...).
 
@@ -75,6 +77,11 @@ def train(solver_path, resume=None, weights=(), action_request=None, setup=None,
         _announce(comm, settings)
         if settings.strategy in ("ps", "downpour") and rank >= settings.workers(size):
             return _serve(comm, settings)
+        if gpus:
+            device = list(gpus)[mpi.local_rank(rank) % len(gpus)]
+            backend.set_mode_gpu()
+            backend.set_device(device)
+            log.info("rank %d on %s: GPU %d", rank, socket.gethostname(), device)
         return _train_rank(comm, settings, param, solver_path, resume, weights, action_request, setup, dtype)
     except CommError as e:
         _fail(comm, "rank %d stops the job: %s" % (rank, e))

@@ -12,8 +12,15 @@ communicator (a thread in each rank answers with what that rank is doing),
 and raises CommTimeout naming the peers that do not answer, or, if all
 answer, the ones that have not reached this call. The training driver then
 logs that message and calls MPI_Abort, which ends every rank.
+
+CuPy arrays are accepted everywhere a buffer is: pip's MPICH is not
+CUDA-aware, so each call copies them through pinned host buffers
+(staging.HostStaging) and copies results back; a nonblocking receive into
+a device buffer is copied back when its request completes (waitall,
+waitany, or the request's own Test/Wait).
 """
 import atexit
+import functools
 import importlib.util
 import os
 import threading
@@ -22,6 +29,7 @@ import time
 import numpy
 
 from .comm import CommError, Communicator
+from .staging import HostStaging, upload
 
 available = importlib.util.find_spec("mpi4py") is not None
 
@@ -59,6 +67,21 @@ def launched():
     return None
 
 
+# Each rank's number among the ranks of its own node.
+_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID",              # MPICH / Hydra
+                         "OMPI_COMM_WORLD_LOCAL_RANK",   # Open MPI
+                         "SLURM_LOCALID",                # srun
+                         "PMI_LOCAL_RANK", "PMIX_LOCAL_RANK")
+
+
+def local_rank(default=0):
+    """This rank's number on its node, from the process manager's environment (else `default`)."""
+    for name in _LOCAL_RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return default
+
+
 def _mpi():
     if not available:
         raise CommError("MPI needs mpi4py: pip install mpi4py mpich (or: pip install -e .[mpi])")
@@ -72,14 +95,17 @@ class MPIComm(Communicator):
     Args:
         timeout: seconds any call waits for its peers before raising CommTimeout.
         comm: an mpi4py communicator to use instead of COMM_WORLD.
+        staging: the HostStaging that device (CuPy) buffers go through.
 
     Attributes a strategy may set to make failure messages precise:
         where: what the rank is doing, e.g. "iteration 17".
         describe: callable(buf) -> str naming what a buffer holds (a layer).
     """
 
-    def __init__(self, timeout=DEFAULT_TIMEOUT, comm=None):
+    def __init__(self, timeout=DEFAULT_TIMEOUT, comm=None, staging=None):
         MPI = self.MPI = _mpi()
+        self.staging = staging if staging is not None else HostStaging()
+        self._staged = staged_request_class()
         base = comm if comm is not None else MPI.COMM_WORLD
         # Separate contexts: collectives and messages of the training never
         # match the liveness pings, whatever tags either uses.
@@ -127,6 +153,9 @@ class MPIComm(Communicator):
         """Wait for every request in `requests` (mpi4py Requests)."""
         if requests:
             self.poll(lambda: self.MPI.Request.Testall(requests), what, peers)
+            for request in requests:
+                if isinstance(request, self._staged):
+                    request.finish()
 
     def waitany(self, requests, what, peers=()):
         """Wait for one of `requests`; return its index (it becomes MPI.REQUEST_NULL)."""
@@ -135,7 +164,10 @@ class MPIComm(Communicator):
         def test():
             index, done = MPI.Request.Testany(requests)
             return (index,) if done and index != MPI.UNDEFINED else None
-        return self.poll(test, what, peers)[0]
+        index = self.poll(test, what, peers)[0]
+        if isinstance(requests[index], self._staged):
+            requests[index].finish()
+        return index
 
     def _label(self, op, buf=None):
         """'allreduce of 1000 values for layer ip1 at iteration 17': what a failure message names."""
@@ -150,22 +182,25 @@ class MPIComm(Communicator):
     # -- collectives --------------------------------------------------------------------
     def allreduce(self, buf):
         if self.size > 1:
-            request = self.comm.Iallreduce(self.MPI.IN_PLACE, _flat(buf), op=self.MPI.SUM)
-            self.waitall([request], self._label("MPI allreduce", buf))
+            with self.staging.on_host(buf) as host:
+                request = self.comm.Iallreduce(self.MPI.IN_PLACE, _flat(host), op=self.MPI.SUM)
+                self.waitall([request], self._label("MPI allreduce", buf))
 
     def reduce(self, buf, root=0):
         if self.size > 1:
-            flat = _flat(buf)
-            if self.rank == root:
-                request = self.comm.Ireduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM, root=root)
-            else:
-                request = self.comm.Ireduce(flat, None, op=self.MPI.SUM, root=root)
-            self.waitall([request], self._label("reduce to rank %d" % root, buf))
+            with self.staging.on_host(buf, copy_out=self.rank == root) as host:
+                flat = _flat(host)
+                if self.rank == root:
+                    request = self.comm.Ireduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM, root=root)
+                else:
+                    request = self.comm.Ireduce(flat, None, op=self.MPI.SUM, root=root)
+                self.waitall([request], self._label("reduce to rank %d" % root, buf))
 
     def bcast(self, buf, root=0):
         if self.size > 1:
-            request = self.comm.Ibcast(_flat(buf), root=root)
-            self.waitall([request], self._label("bcast from rank %d" % root, buf), (root,))
+            with self.staging.on_host(buf, copy_in=self.rank == root, copy_out=self.rank != root) as host:
+                request = self.comm.Ibcast(_flat(host), root=root)
+                self.waitall([request], self._label("bcast from rank %d" % root, buf), (root,))
 
     def barrier(self):
         if self.size > 1:
@@ -173,8 +208,10 @@ class MPIComm(Communicator):
 
     def allgather(self, sendbuf, recvbuf):
         """recvbuf (size x len(sendbuf)) gets every rank's sendbuf, in rank order."""
-        request = self.comm.Iallgather(_flat(sendbuf), _flat(recvbuf))
-        self.waitall([request], self._label("allgather", sendbuf))
+        with self.staging.on_host(sendbuf, copy_out=False) as send, \
+                self.staging.on_host(recvbuf, copy_in=False) as recv:
+            request = self.comm.Iallgather(_flat(send), _flat(recv))
+            self.waitall([request], self._label("allgather", sendbuf))
 
     # -- point to point -----------------------------------------------------------------
     def send(self, buf, dest, tag=0):
@@ -185,11 +222,23 @@ class MPIComm(Communicator):
 
     def isend(self, buf, dest, tag=0):
         """Start sending `buf` to `dest`; returns the request (keep `buf` unchanged until it completes)."""
-        return self.comm.Isend(_flat(buf), dest, tag)
+        if not self.staging.needed(buf):
+            return self.comm.Isend(_flat(buf), dest, tag)
+        host = self.staging.lease(buf)
+        return self._stage(self.comm.Isend(host, dest, tag), host)
 
     def irecv(self, buf, source, tag=0):
         """Start receiving into `buf` from `source` (self.MPI.ANY_SOURCE for any); returns the request."""
-        return self.comm.Irecv(_flat(buf), source, tag)
+        if not self.staging.needed(buf):
+            return self.comm.Irecv(_flat(buf), source, tag)
+        host = self.staging.lease(buf, copy=False)
+        return self._stage(self.comm.Irecv(host, source, tag), host, buf)
+
+    def _stage(self, request, host, device=None):
+        """`request` on a host copy: a StagedRequest that copies into `device` and releases `host` when done."""
+        staged = self._staged(request)
+        staged.staging, staged.host, staged.device = self.staging, host, device
+        return staged
 
     def probe(self, what, source=None, tag=None):
         """Wait for a message; return its (source, tag, count of bytes)."""
@@ -266,6 +315,38 @@ class MPIComm(Communicator):
         return CommTimeout("; ".join(lines), missing=blamed)
 
 
+@functools.lru_cache(maxsize=None)
+def staged_request_class():
+    """StagedRequest subclasses mpi4py's Request, which exists only once mpi4py is imported."""
+    MPI = _mpi()
+
+    class StagedRequest(MPI.Request):
+        """A request on a host copy of a device buffer: when it completes, a receive's data is
+        copied into the device buffer and the host copy goes back to the pool (finish())."""
+
+        staging = host = device = None
+
+        def finish(self):
+            if self.host is not None:
+                if self.device is not None:
+                    upload(self.host, self.device)
+                self.staging.release(self.host)
+                self.host = self.device = None
+
+        def Test(self, status=None):
+            done = super().Test(status)
+            if done:
+                self.finish()
+            return done
+
+        def Wait(self, status=None):
+            super().Wait(status)
+            self.finish()
+            return True
+
+    return StagedRequest
+
+
 def _status_text(text):
     raw = text.encode("utf-8")[:_STATUS_BYTES]
     return raw + b"\0" * (_STATUS_BYTES - len(raw))
@@ -276,6 +357,5 @@ def _flat(buf):
         if not buf.flags.c_contiguous:
             raise TypeError("MPI buffers must be contiguous; got a strided array of shape %s" % (buf.shape,))
         return buf.reshape(-1)
-    # CuPy arrays: mpi4py reads __cuda_array_interface__ only with a CUDA-aware MPI,
-    # which pip's mpich is not, so strategies stage GPU buffers through host memory.
-    raise TypeError("MPI buffers are numpy arrays here, got %r" % type(buf))
+    # CuPy arrays do not get here: MPIComm copies them through host memory first.
+    raise TypeError("MPI buffers are numpy or cupy arrays, got %r" % type(buf))

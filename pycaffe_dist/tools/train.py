@@ -153,14 +153,17 @@ def train_parallel(args, settings):
 def train_cluster(args):
     """One rank of an mpiexec/srun job (pycaffe_dist.parallel.cluster); the root logs, tests and snapshots."""
     from ..parallel import cluster
-    if args.gpu or args.workers or args.deterministic:
-        raise UserError("under mpiexec each rank is one worker: -gpu, -workers and -deterministic do not apply")
+    if args.workers or args.deterministic:
+        raise UserError("under mpiexec each rank is one worker: -workers and -deterministic do not apply")
+    gpus = parse_gpus(args.gpu)      # each rank takes one: gpus[local rank % len(gpus)]
+    if gpus and not backend.cupy_available:
+        raise UserError("-gpu %s: no GPU is available on this machine (cupy is missing or sees no device)" % args.gpu)
     weights = args.weights.split(",") if args.weights else ()
     with SignalActions(args.sigint_effect, args.sighup_effect) as actions:
         try:
             cluster.train(args.solver, resume=args.snapshot, weights=weights, action_request=actions,
                           strategy=args.strategy, algorithm=args.algorithm, compression=args.compression,
-                          timeout=args.timeout)
+                          timeout=args.timeout, gpus=gpus)
         except parallel_config.ConfigError as e:
             raise UserError(str(e)) from None
     return 0

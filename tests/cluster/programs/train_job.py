@@ -1,6 +1,6 @@
 """Under mpiexec: train a solver as one rank (pycaffe_dist.parallel.cluster) and write what this rank ended with.
 
-    train_job.py SOLVER OUT [--fail RANK:ITER:HOW] [--resume STATE] [--feed NPZ] [--set key=value ...]
+    train_job.py SOLVER OUT [--fail RANK:ITER:HOW] [--resume STATE] [--feed NPZ] [--set key=value ...] [--gpu IDS]
 
 Writes OUT/rank<r>.npy (final flat weights) and OUT/rank<r>.json (iteration,
 the root's test scores). --fail makes rank RANK, at iteration ITER, stop
@@ -53,6 +53,7 @@ def main():
     p.add_argument("--resume")
     p.add_argument("--feed")
     p.add_argument("--set", nargs="*", default=[])
+    p.add_argument("--gpu", default="", help="device ids, as train's -gpu: each rank takes one")
     args = p.parse_args()
     setup_logging()
     overrides = {}
@@ -73,7 +74,8 @@ def main():
             for net in solver.test_nets:
                 net.layers[0].set_input_arrays(data["test_x"], data["test_y"])
 
-    result = cluster.train(args.solver, resume=args.resume, setup=setup, **overrides)
+    gpus = [int(g) for g in args.gpu.split(",")] if args.gpu else ()
+    result = cluster.train(args.solver, resume=args.resume, setup=setup, gpus=gpus, **overrides)
     name = os.path.join(args.out, "%s%d" % (result.role, result.rank))
     if result.weights is not None:
         numpy.save(name + ".npy", result.weights)
