@@ -88,6 +88,23 @@ class RaiseAt(Callback):
             raise ValueError("boom at iteration %d" % solver.iter)
 
 
+class SaveWeights(Callback):
+    """Save the weights to `path` (.npy) when iteration `iteration` starts: after that many updates."""
+
+    def __init__(self, path, iteration):
+        self.path, self.iteration = path, iteration
+
+    def on_start(self, solver):
+        if solver.iter == self.iteration:
+            numpy.save(self.path, solver.net.flat_data)
+
+
+def save_weights_at(folder, iteration, worker):
+    """setup hook: the root saves its weights after `iteration` updates to folder/weights_at_<iteration>.npy."""
+    if worker.rank == 0:
+        worker.solver.add_callback(SaveWeights(os.path.join(folder, "weights_at_%d.npy" % iteration), iteration))
+
+
 def record_pid(folder, worker):
     """setup hook: write this worker's pid to folder/pid<rank>."""
     path = os.path.join(folder, "pid%d" % worker.rank)
