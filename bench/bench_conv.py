@@ -12,8 +12,9 @@ cost model chose.
 
 --compare alternates, in this one process, the op as it is and the op with
 ops.gemm's blocked products, the shared backward columns
-(conv.SHARED_COLUMNS) and the bias inside the channels-first GEMM
-(conv_columns.FUSED_BIAS) switched off, and prints new/old per pass.
+(conv.SHARED_COLUMNS), the bias inside the channels-first GEMM
+(conv_columns.FUSED_BIAS) and channels-last products written straight into
+y (conv_columns.DIRECT_OUTPUTS) switched off, and prints new/old per pass.
 
     .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare]
         [--layers lenet/conv1,...] [--caffenet]
@@ -47,14 +48,19 @@ CAFFENET = {
     "caffenet/conv4": (16, 384, 384, 13, 3, 1, 1, 2, True),
     "caffenet/conv5": (16, 384, 256, 13, 3, 1, 1, 2, True),
 }
-SWITCHES = (("gemm", "ENABLED"), ("conv", "SHARED_COLUMNS"), ("conv_columns", "FUSED_BIAS"))
+# (module, setting, value that switches the path off)
+SWITCHES = (("gemm", "ENABLED", False), ("conv", "SHARED_COLUMNS", False),
+            ("conv_columns", "FUSED_BIAS", False), ("conv_columns", "DIRECT_OUTPUTS", 0))
+_SHIPPED = {}
 
 
 def switch(on):
     """Issue #8's GEMM paths on (as shipped) or off (as before)."""
     from pycaffe_dist import ops
-    for module, name in SWITCHES:
-        setattr(getattr(ops, module), name, on)
+    for module, name, off in SWITCHES:
+        owner = getattr(ops, module)
+        _SHIPPED.setdefault((module, name), getattr(owner, name))
+        setattr(owner, name, _SHIPPED[(module, name)] if on else off)
 
 
 def out_size(size, kernel, stride, pad):
