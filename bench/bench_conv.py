@@ -16,8 +16,11 @@ ops.gemm's blocked products, the shared backward columns
 (conv_columns.FUSED_BIAS) and channels-last products written straight into
 y (conv_columns.DIRECT_OUTPUTS) switched off, and prints new/old per pass.
 
+With --steps lenet,cifar10_quick, --compare times whole training steps
+(bench_step.py's nets and solver) instead of single layers.
+
     .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare]
-        [--layers lenet/conv1,...] [--caffenet]
+        [--layers lenet/conv1,...] [--caffenet] [--steps lenet,cifar10_quick]
 """
 import argparse
 import os
@@ -130,6 +133,38 @@ def measure(pairs, rounds, clock):
     return [(median_ms(tf), median_ms(tb)) for tf, tb in times]
 
 
+def compare_steps(nets, rounds, clock):
+    """Whole training steps (bench_step's nets and solver) with the paths on
+    and off, alternating in rounds; median ms and the median of the
+    rounds' new/old ratios."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_step import pycaffe_step
+    print("%-15s %9s %9s %9s" % ("net", "new ms", "old ms", "new/old"))
+    for net in nets:
+        new, _ = pycaffe_step(net)
+        old, _ = pycaffe_step(net)
+
+        def off(old=old):
+            switch(False)
+            try:
+                old()
+            finally:
+                switch(True)
+        for fn in (new, off, new, off):
+            fn()
+        times, ratios = ([], []), []
+        for _ in range(rounds):
+            pair = ([], [])
+            for fn, k in ((new, 0), (off, 1), (off, 1), (new, 0)):
+                start = clock()
+                fn()
+                pair[k].append(clock() - start)
+            times[0].extend(pair[0])
+            times[1].extend(pair[1])
+            ratios.append(sum(pair[0]) / sum(pair[1]))
+        print("%-15s %9.2f %9.2f %9.3f" % (net, median_ms(times[0]), median_ms(times[1]), statistics.median(ratios)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
@@ -137,6 +172,7 @@ def main():
     ap.add_argument("--compare", action="store_true", help="new/old in one process instead of against PyTorch")
     ap.add_argument("--caffenet", action="store_true", help="CaffeNet's convolutions too (batch 16)")
     ap.add_argument("--layers", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--steps", default="", help="with --compare: whole training steps of these nets instead")
     args = ap.parse_args()
     layers = dict(LAYERS, **(CAFFENET if args.caffenet else {}))
     if args.layers:
@@ -144,6 +180,9 @@ def main():
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     print("threads %d, %s, load %.1f" % (args.threads, "thread CPU ms" if args.threads == 1 else "wall ms",
                                         os.getloadavg()[0]))
+    if args.compare and args.steps:
+        compare_steps(args.steps.split(","), args.rounds, clock)
+        return 0
     other = "old" if args.compare else "torch"
     print("%-15s %-36s %9s %9s %6s %9s %9s %6s" % ("layer", "layout", "fwd ms", other, "ratio",
                                                    "bwd ms", other, "ratio"))
