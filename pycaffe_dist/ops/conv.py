@@ -18,6 +18,13 @@ as much again. So:
 * Backward visits the chunks in reverse, so the first chunk it needs is the
   one whose columns forward left in the buffer: a one-chunk layer builds its
   columns once per iteration.
+* Where the input gradient is a channels-last convolution, its dy columns
+  also give the weight gradient (SHARED_COLUMNS): x's columns are built
+  once per step, in forward.
+* The skinny products are cut into blocks that OpenBLAS multiplies without
+  packing (ops.gemm); channels-last ones with few outputs write y directly
+  and channels-first ones carry the bias as a row of ones in the columns
+  (conv_columns).
 """
 import functools
 import math
