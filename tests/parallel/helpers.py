@@ -174,6 +174,8 @@ def kill(pid):
 
 # -- Fashion-MNIST through MemoryData ------------------------------------------------------
 FASHION = "/usr/share/datasets/fashion-mnist"
+FASHION_MISSING = ("Fashion-MNIST is not in %s: apt-get install dataset-fashion-mnist "
+                   "(make demo installs it)" % FASHION)
 
 
 def fashion_available():

@@ -41,7 +41,7 @@ def test_hogwild_workers_share_one_weight_buffer(tmp_path, data, mode):
     assert len(set(result.digests)) == 1       # nothing moved (lr 0): one buffer everywhere
 
 
-@pytest.mark.skipif(not helpers.fashion_available(), reason="Fashion-MNIST is not installed")
+@pytest.mark.skipif(not helpers.fashion_available(), reason=helpers.FASHION_MISSING)
 def test_hogwild_reaches_single_worker_accuracy_on_fashion_mnist(tmp_path):
     iters, batch = 1600, 64
     single = parallel.train(helpers.write_fashion_solver(str(tmp_path), batch, iters), workers=1,

@@ -9,7 +9,6 @@ from google.protobuf import text_format
 from pycaffe_dist import backend, parallel
 from pycaffe_dist.data import db
 from pycaffe_dist.data.datum import array_to_datum
-from pycaffe_dist.layers import LAYERS
 from pycaffe_dist.proto import io
 from pycaffe_dist.solvers import Solver, get_solver
 
@@ -18,9 +17,7 @@ from . import helpers
 LENET = os.path.join(os.path.dirname(__file__), "..", "..", "prototxt", "lenet_train_test.prototxt")
 B = 8
 
-pytestmark = pytest.mark.skipif(
-    not helpers.fashion_available() or "Convolution" not in LAYERS or "Pooling" not in LAYERS,
-    reason="needs Fashion-MNIST and the Convolution and Pooling layers")
+pytestmark = pytest.mark.skipif(not helpers.fashion_available(), reason=helpers.FASHION_MISSING)
 
 
 @pytest.fixture(scope="module")
