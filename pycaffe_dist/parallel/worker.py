@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,10 @@ from .strategies import Hogwild, SyncSGD
 
 log = logging.getLogger("pycaffe_dist")
 _mapped_blocks = []
+# Worker threads build their solvers one at a time: seeding and filling draw
+# on the one process-wide random stream, and interleaved they gave rank 0
+# (whose weights every worker starts from) other weights than the seed's.
+_build_lock = threading.Lock()
 
 
 @dataclass
@@ -74,7 +79,8 @@ def train_worker(worker):
     param = caffe_pb2.SolverParameter.FromString(job.solver_bytes)
     if worker.rank != 0:
         _drop_test_nets(param)       # only the root tests
-    solver, nets = _build(param, job, s, first, per_worker, count)
+    with _build_lock:
+        solver, nets = _build(param, job, s, first, per_worker, count)
     if worker.rank == 0 and count > 1:
         _snapshot_global_data_position(solver.net, count)
     host = worker.comm() if worker.group is not None else SelfComm()

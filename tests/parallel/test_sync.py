@@ -6,7 +6,8 @@ import numpy
 import pytest
 
 from pycaffe_dist import backend, parallel
-from pycaffe_dist.solvers import get_solver
+from pycaffe_dist.proto import io as proto_io
+from pycaffe_dist.solvers import Solver
 
 from . import helpers
 
@@ -19,11 +20,11 @@ def data(tmp_path_factory):
     return helpers.write_dataset(str(folder / "train_lmdb"), 120)
 
 
-def one_worker_weights(solver_path, iters=None):
+def one_worker_weights(solver_path, iters=None, dtype=numpy.float32):
     """A plain single-process run (the reference a parallel run must match)."""
     backend.set_solver_rank(0)
     backend.set_solver_count(1)
-    solver = get_solver(solver_path)
+    solver = Solver(proto_io.read_solver(solver_path), solver_path, dtype=dtype)
     solver.step(iters if iters is not None else solver.param.max_iter)
     return solver.net.flat_data.copy()
 
@@ -38,6 +39,17 @@ def test_n_workers_equal_one_worker_with_n_times_the_batch(tmp_path, data, worke
     reference = one_worker_weights(big_solver)
     assert numpy.abs(result.weights - reference).max() < 1e-5
     assert not numpy.array_equal(reference, one_worker_weights(big_solver, 0))   # it did train
+
+
+def test_thread_workers_start_from_the_seeded_weights(tmp_path, data):
+    # Threads share one random stream: built side by side, rank 0's fillers
+    # drew interleaved with the others' and its weights were not the seed's.
+    parallel_solver = helpers.write_solver(str(tmp_path), "par", B, 20, data)
+    big_solver = helpers.write_solver(str(tmp_path), "big", 3 * B, 20, data)
+    reference = one_worker_weights(big_solver, dtype=numpy.float64)
+    for _ in range(3):        # unlocked, 2 runs in 3 went wrong
+        result = parallel.train(parallel_solver, workers=3, mode="thread", dtype=numpy.float64, return_weights=True)
+        assert numpy.abs(result.weights - reference).max() < 1e-10
 
 
 @pytest.mark.parametrize("workers,dtype", [(2, numpy.float64), (3, numpy.float64), (2, numpy.float32)])
