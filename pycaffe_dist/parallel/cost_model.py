@@ -14,15 +14,15 @@ bandwidth: 32 |W| p / BW for the server, 2 * 32 |W| log2(p) / BW for the
 tree. The strategies' costs follow from how often and how much they send.
 
 On one machine with more ranks than cores (Network.cores), the ranks take
-turns on the cores, and a message waits until its peer runs again: every
-message step costs alpha_shared, measured with all ranks exchanging 8
-bytes around a ring (a scheduler's time slice, not a wire's latency). A
-phase in which more ranks are at work than there are cores is bound by
-what the machine moves and adds in all, not by one rank's path: each
-rank's share of all the bytes sent costs beta_shared per byte (measured
-with all ranks exchanging 1 MB messages around a ring), and all the
-additions share the cores (gamma * total / cores). A phase with no more
-ranks at work than cores moves and adds at the one-rank-per-core rates.
+turns on the cores, the waiting ones too, and a message waits until its
+peer runs again: every message step costs alpha_shared, measured with all
+ranks exchanging 8 bytes around a ring (a scheduler's time slice, not a
+wire's latency), and the bytes of a phase move at the machine's pace, not
+one rank's: each working rank's share of all the bytes sent costs
+beta_shared per byte (measured with all ranks exchanging 1 MB messages
+around a ring), unless the longest path at the one-rank-per-core beta is
+longer. Additions are CPU work alone: when more ranks add at once than
+there are cores, they share them (gamma * total / cores).
 """
 import math
 from dataclasses import dataclass
@@ -55,9 +55,10 @@ class Network:
         """Seconds per message step in a job of p ranks (all of them take turns on the cores, busy or waiting)."""
         return self.alpha_shared if self.shared(p) and self.alpha_shared is not None else self.alpha
 
-    def bytes_seconds(self, active, critical, total, one_way=False):
-        """Seconds to move the bytes of a phase: `critical` on its longest path, `total` by all ranks."""
-        if self.shared(active) and self.beta_shared is not None:
+    def bytes_seconds(self, p, active, critical, total, one_way=False):
+        """Seconds to move the bytes of a phase of a p-rank job in which `active` ranks send `total`
+        bytes in all and `critical` on the longest path."""
+        if self.shared(p) and self.beta_shared is not None:
             return max(critical * self._beta(one_way), total / active * self.beta_shared)
         return critical * self._beta(one_way)
 
@@ -87,19 +88,19 @@ def allreduce_seconds(algorithm, n_bytes, p, net, servers=1):
     if algorithm == "binomial":
         # Pipelined by pieces: the root receives, adds and sends the buffer once per level,
         # and each of the p - 1 edges of the tree carries it up and down.
-        return (2 * log_p * a + net.bytes_seconds(p, 2 * log_p * n, 2 * (p - 1) * n, one_way=True)
+        return (2 * log_p * a + net.bytes_seconds(p, p, 2 * log_p * n, 2 * (p - 1) * n, one_way=True)
                 + net.add_seconds(p, log_p * n, (p - 1) * n))
     if algorithm == "ring":
-        return (2 * (p - 1) * a + net.bytes_seconds(p, 2 * (p - 1) / p * n, 2 * (p - 1) * n)
+        return (2 * (p - 1) * a + net.bytes_seconds(p, p, 2 * (p - 1) / p * n, 2 * (p - 1) * n)
                 + net.add_seconds(p, (p - 1) / p * n, (p - 1) * n))
     if algorithm in ("halving_doubling", "mpi"):
         p2 = 1 << int(math.log2(p))
         extra = p - p2
         total = (2 * math.log2(p2) * a
-                 + net.bytes_seconds(p2, 2 * (p2 - 1) / p2 * n, 2 * (p2 - 1) * n)
+                 + net.bytes_seconds(p, p2, 2 * (p2 - 1) / p2 * n, 2 * (p2 - 1) * n)
                  + net.add_seconds(p2, (p2 - 1) / p2 * n, (p2 - 1) * n))
         if extra:   # first and last, the extra ranks hand their buffers over and get the sum back
-            total += (2 * net.latency(p) + net.bytes_seconds(2 * extra, 2 * n, 2 * extra * n, one_way=True)
+            total += (2 * a + net.bytes_seconds(p, 2 * extra, 2 * n, 2 * extra * n, one_way=True)
                       + net.add_seconds(2 * extra, n, extra * n))
         return total
     raise ValueError("unknown algorithm %r (known: %s, mpi)" % (algorithm, ", ".join(ALLREDUCE_ALGORITHMS)))
