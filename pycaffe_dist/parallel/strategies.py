@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 
+from .. import backend
 from ..solvers.base import Callback
 from . import algorithms
 from .comm import ordered_allreduce
@@ -149,6 +150,8 @@ class SyncSGD(Callback):
             self.comm.allreduce(view)
 
     def _serve(self):
+        if backend.gpu_mode():      # CUDA's current device is per thread: take the training thread's
+            backend.set_device(backend._mode["device"])
         while True:
             start, stop = self._queue.get()
             try:
