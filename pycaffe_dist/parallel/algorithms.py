@@ -251,7 +251,8 @@ def allreduce(comm, buf, algorithm="mpi", chunk=CHUNK_BYTES, wire=None):
     except KeyError:
         raise ValueError("unknown allreduce algorithm %r (known: %s)" % (algorithm, ", ".join(ALLREDUCE))) from None
     staging = getattr(comm, "staging", None)
-    if run is not mpi_allreduce and staging is not None and staging.needed(buf):
+    mpi_itself = run is mpi_allreduce and (wire is None or numpy.dtype(wire) == buf.dtype)
+    if not mpi_itself and staging is not None and staging.needed(buf):
         # A device (CuPy) buffer: the whole algorithm runs on one host copy, added up on the CPU.
         with staging.on_host(buf) as host:
             run(comm, host, chunk, wire)
