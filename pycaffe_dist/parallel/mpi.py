@@ -43,7 +43,8 @@ _MAX_PAUSE = 1e-4           # longest sleep between polls: short, large transfer
 # Environment variables process managers set for each rank: (rank, size).
 _LAUNCH_VARIABLES = (("PMI_RANK", "PMI_SIZE"),                        # MPICH / Hydra, Intel MPI, srun --mpi=pmi2
                      ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI
-                     ("PMIX_RANK", "OMPI_COMM_WORLD_SIZE"))            # PMIx launchers
+                     ("PMIX_RANK", "OMPI_COMM_WORLD_SIZE"),            # PMIx launchers
+                     ("PMIX_RANK", "SLURM_NTASKS"))                    # srun --mpi=pmix
 
 
 class CommTimeout(CommError):
