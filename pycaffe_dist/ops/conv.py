@@ -218,7 +218,7 @@ class Convolution:
         # The weight gradient from the dy columns the input gradient builds
         # (ChannelsLast.transposed_weight_grad): x's columns are not rebuilt.
         shared = (SHARED_COLUMNS and by_convolution and dweight is not None
-                  and plan.transpose_layout is ChannelsLast)
+                  and plan.transpose_layout is ChannelsLast and conv_cost.shares_columns(self.group, c, o))
         lanes = threads.count(xp)
         forward = transpose = [None] * lanes
         if (dweight is not None and not shared) or col2im:

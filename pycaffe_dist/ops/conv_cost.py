@@ -29,6 +29,9 @@ TRANSPOSE_NS = 1.0
 FLOP_NS = {ChannelsLast: 1 / 100, ChannelsFirst: 1 / 70, BatchLast: 1 / 80}
 COL2IM_FLOP_NS = {**FLOP_NS, ChannelsLast: 1 / 50}
 
+# conv.SHARED_COLUMNS only where C/g and O/g are at most this.
+SHARED_MAX_CHANNELS = 64
+
 # A batch-last chunk may hold this many times conv.COLUMN_BYTES of columns.
 BATCH_LAST_SCALE = 16
 
@@ -64,6 +67,18 @@ class _Costs:
         return self.flops * COL2IM_FLOP_NS[layout] + self.add_loops[layout] * LOOP_NS + self.copies
 
 
+def shares_columns(group, channels, outputs):
+    """Whether backward takes the weight gradient from the input gradient's
+    channels-last dy columns (conv.SHARED_COLUMNS): a GEMM (kernel * O/g,
+    rows) @ (rows, C/g) in place of (kernel * C/g, rows) @ (rows, O/g), for
+    not building x's columns again. Only for narrow layers, where the
+    columns cost as much as the packing-bound GEMMs (cifar10_quick's conv2
+    and conv3: 0.80x and 0.90x backward); with CaffeNet's conv2 (C/g 48,
+    O/g 128) the narrower product ran at 115 GFLOP/s against 152."""
+    cg, og = channels // group, outputs // group
+    return cg <= SHARED_MAX_CHANNELS and og <= SHARED_MAX_CHANNELS and 2 * cg >= og
+
+
 def images_per_chunk(budget, image_bytes, batch):
     return max(1, min(batch, budget // max(1, image_bytes)))
 
@@ -94,7 +109,7 @@ def plan(geometry, group, channels, outputs, spatial, batch, itemsize, column_by
         # channels-last.
         shared = (t_costs.im2col_gemm(ChannelsLast) + t_costs.flops * FLOP_NS[ChannelsLast]
                   + channels * math.prod(spatial) * TRANSPOSE_NS)
-        for layout in FLOP_NS:
+        for layout in FLOP_NS if shares_columns(group, channels, outputs) else ():
             options[(layout, True, ChannelsLast)] = min(options.get((layout, True, ChannelsLast), math.inf),
                                                         step[layout] / 2 + shared)
     return Plan(*min(options, key=options.get))

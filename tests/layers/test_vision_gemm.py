@@ -35,7 +35,7 @@ def test_cut_products_match_float64(a_shape, b_shape):
 
 def test_block_sizes_divide_the_rows_where_they_can():
     assert gemm.block_rows(256, 800, 32) == 32       # 39 allowed, 32 divides 256
-    assert gemm.block_rows(320, 800, 64) == 16       # 19 allowed
+    assert gemm.block_rows(320, 800, 64) == 0        # 19 allowed: thinner than MIN_BLOCK
     assert gemm.block_rows(200, 300, 40) == 80       # nothing divides 200: a remainder
     assert gemm.block_rows(30, 300, 40) == 0         # small enough whole
     assert gemm.block_rows(5000, 1000, 1000) == 0    # a block would be thinner than MIN_BLOCK
@@ -56,6 +56,7 @@ def tiny_blocks(monkeypatch):
     """Cut every product of the small test layers into blocks of a few rows."""
     monkeypatch.setattr(gemm, "SMALL_MNK", 400)
     monkeypatch.setattr(gemm, "MIN_BLOCK", 1)
+    monkeypatch.setattr(gemm, "STEP", 1)
 
 
 @pytest.mark.usefixtures("tiny_blocks")
@@ -129,6 +130,13 @@ def test_weight_gradient_from_the_input_gradients_columns(kernel, pad, dilation,
         assert any("wacc_t" in name for name in op.workspace._arrays) == shared   # the path taken
     for a, b in zip(*grads):
         numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_which_layers_share_the_columns():
+    from pycaffe_dist.ops.conv_cost import shares_columns
+    assert shares_columns(1, 32, 32) and shares_columns(1, 32, 64)      # cifar10_quick's conv2, conv3
+    assert not shares_columns(2, 96, 256)                               # CaffeNet's conv2
+    assert not shares_columns(1, 256, 384)                              # and conv3
 
 
 @pytest.mark.parametrize("group", [1, 2])
