@@ -64,14 +64,16 @@ def test_a_hogwild_thread_that_raises_stops_the_others(tmp_path, data):
     assert threading.active_count() <= before + 2     # at most the data layers' daemon prefetchers
 
 
-def test_a_killed_worker_stops_the_run_with_a_clear_message(tmp_path, data):
+@pytest.mark.parametrize("strategy", ["sync", "hogwild"])
+def test_a_killed_worker_stops_the_run_with_a_clear_message(tmp_path, data, strategy):
     folder = str(tmp_path)
     path = helpers.write_solver(folder, "s", 4, 10 ** 7, data)
     outcome = {}
 
     def run():
         try:
-            parallel.train(path, workers=2, setup=functools.partial(helpers.record_pid, folder))
+            parallel.train(path, workers=2, strategy=strategy, mode="process",
+                           setup=functools.partial(helpers.record_pid, folder))
         except WorkerError as e:
             outcome["error"] = e
 
