@@ -145,7 +145,7 @@ class LRN:
         c = x.shape[1]
         scale = self.workspace.get("scale", x.shape, x.dtype, xp)
         powered = self.workspace.get("powered", x.shape, x.dtype, xp)
-        buf, interior = self._padded(xp, x, "ratios")
+        buf, interior = self._padded(xp, x, "squares")    # the squares are spent: the ratios reuse it
         partial = self._partial(xp, x)
         total = self.workspace.get("total", x.shape, x.dtype, xp)
         factor = 2.0 * self.alpha * self.beta / self._window()
