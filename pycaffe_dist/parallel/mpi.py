@@ -107,6 +107,7 @@ class MPIComm(Communicator):
         MPI = self.MPI = _mpi()
         self.staging = staging if staging is not None else HostStaging()
         self._staged = staged_request_class()
+        self._inflight = []         # staged requests not yet seen complete
         base = comm if comm is not None else MPI.COMM_WORLD
         # Separate contexts: collectives and messages of the training never
         # match the liveness pings, whatever tags either uses.
@@ -237,8 +238,15 @@ class MPIComm(Communicator):
 
     def _stage(self, request, host, device=None):
         """`request` on a host copy: a StagedRequest that copies into `device` and releases `host` when done."""
+        # Requests completed by a bare MPI.Request.Testall elsewhere never ran finish(); completion
+        # left them null, so finish them here (testing them would take completions others wait for).
+        for r in self._inflight:
+            if r.host is not None and r == self.MPI.REQUEST_NULL:
+                r.finish()
+        self._inflight = [r for r in self._inflight if r.host is not None]
         staged = self._staged(request)
         staged.staging, staged.host, staged.device = self.staging, host, device
+        self._inflight.append(staged)
         return staged
 
     def probe(self, what, source=None, tag=None):
