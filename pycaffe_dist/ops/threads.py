@@ -12,8 +12,9 @@ to one thread for the rest of the process. Measured on 2 busy cores, a
 multi-threaded OpenBLAS made LeNet's step 2.5x slower and cifar10_quick's
 15x: its threads split GEMMs far too small to share and then spin waiting
 for the next one, on the very cores the ops' threads need. The ops'
-threads run every convolution and pooling chunk instead; other GEMMs
-(InnerProduct) run on one thread. Without threadpoolctl BLAS is left alone
+threads run every convolution and pooling chunk instead, runs of images
+for LRN, and InnerProduct's GEMMs cut by output columns (large ones only:
+ops/inner_product.py); other GEMMs run on one thread. Without threadpoolctl BLAS is left alone
 and the ops run serially. Worker threads of the parallel launcher (which
 limits BLAS while they train) always run serially.
 
