@@ -24,20 +24,30 @@ from .strategies import SyncSGD
 
 
 class OneBit:
-    """Sign bits with per-column means of the positive and the non-positive values."""
+    """Sign bits with per-column means of the positive and the non-positive values.
+
+    Columns that are contiguous runs of the buffer, in order (as columns_of
+    makes them), are summed with reduceat and expanded with repeat, about
+    twice as fast as bincount and gathering by column index, which
+    serve any other layout.
+    """
 
     def __init__(self, columns):
         self.columns = columns                                  # column index of every value
         self.n, self.n_columns = columns.size, int(columns.max()) + 1 if columns.size else 0
-        self.counts = numpy.bincount(columns, minlength=self.n_columns).astype(numpy.float64)
+        sizes = numpy.bincount(columns, minlength=self.n_columns)
+        self.counts = sizes.astype(numpy.float64)
         self.payload_bytes = (self.n + 7) // 8 + 8 * self.n_columns
+        runs = self.n > 0 and bool(numpy.all(sizes > 0)) and bool(numpy.all(numpy.diff(columns) >= 0))
+        self._sizes = sizes if runs else None
+        self._starts = numpy.concatenate([[0], numpy.cumsum(sizes)[:-1]]) if runs else None
 
     def encode(self, g):
         """(payload bytes, what the payload decodes to) of gradient g."""
         positive = g > 0
-        n_pos = numpy.bincount(self.columns, weights=positive, minlength=self.n_columns)
-        sum_pos = numpy.bincount(self.columns, weights=numpy.where(positive, g, 0), minlength=self.n_columns)
-        sum_all = numpy.bincount(self.columns, weights=g, minlength=self.n_columns)
+        n_pos = self._sum(positive, numpy.int64)
+        sum_pos = self._sum(numpy.where(positive, g, 0), numpy.float64)
+        sum_all = self._sum(g, numpy.float64)
         n_neg = self.counts - n_pos
         means = numpy.zeros((2, self.n_columns), numpy.float32)
         numpy.divide(sum_pos, n_pos, out=means[0], where=n_pos > 0, casting="unsafe")
@@ -48,9 +58,17 @@ class OneBit:
     def decode(self, payload):
         bits = payload[:(self.n + 7) // 8]
         means = payload[bits.size:].view(numpy.float32).reshape(2, self.n_columns)
-        return self._values(numpy.unpackbits(bits, count=self.n).astype(bool), means)
+        return self._values(numpy.unpackbits(bits, count=self.n).view(bool), means)
+
+    def _sum(self, values, dtype):
+        """Per-column sums of `values`."""
+        if self._starts is not None:
+            return numpy.add.reduceat(values, self._starts, dtype=dtype)
+        return numpy.bincount(self.columns, weights=values, minlength=self.n_columns).astype(dtype)
 
     def _values(self, positive, means):
+        if self._sizes is not None:
+            return numpy.where(positive, numpy.repeat(means[0], self._sizes), numpy.repeat(means[1], self._sizes))
         return numpy.where(positive, means[0][self.columns], means[1][self.columns])
 
 
