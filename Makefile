@@ -18,6 +18,9 @@ $(STAMP): setup.py
 	command -v dot >/dev/null || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq graphviz >/dev/null \
 	  || echo "graphviz did not install: draw_net can write .dot only; its picture tests skip"; }
+	test -d /usr/share/datasets/fashion-mnist || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	  || echo "dataset-fashion-mnist did not install: the accuracy tests on Fashion-MNIST skip"; }
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[$(EXTRAS)]"
