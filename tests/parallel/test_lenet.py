@@ -127,9 +127,11 @@ def test_float64_lenet_matches_one_worker_with_n_times_the_batch(tmp_path, lmdb_
     assert len(set(split.digests)) == 1
 
 
-@pytest.mark.parametrize("workers", [2, 3])
-def test_deterministic_float64_lenet_is_exact(tmp_path, lmdb_path, workers):
-    dtype = numpy.float64      # float32 is exact too (test_sync.py); the issue promises float64
+# The issue's 1e-5 in float32 is met here with zero: the deterministic mode
+# sums each shard's gradient alone and adds the sums in rank order, in one
+# worker as in N.
+@pytest.mark.parametrize("workers,dtype", [(2, numpy.float32), (3, numpy.float32), (3, numpy.float64)])
+def test_deterministic_lenet_is_exact(tmp_path, lmdb_path, workers, dtype):
     folder = str(tmp_path)
     split = parallel.train(write_lenet_solver(folder, "split", B, lmdb_path, 50), workers=workers,
                            deterministic=True, dtype=dtype, return_weights=True)
