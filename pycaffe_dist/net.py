@@ -284,6 +284,11 @@ class Net:
         waits = [layer.wait_seconds_total for layer in self.layers if hasattr(layer, "wait_seconds_total")]
         return sum(waits) if waits else None
 
+    def data_skipped_records(self):
+        """Total bad records this net's data layers skipped (bad_record: SKIP; None without data layers)."""
+        counts = [layer.skipped_records_total for layer in self.layers if hasattr(layer, "skipped_records_total")]
+        return sum(counts) if counts else None
+
     def close(self):
         """Stop what layers run in the background (prefetch threads), and close their files."""
         for layer in self.layers:

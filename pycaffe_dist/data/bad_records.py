@@ -80,7 +80,8 @@ class BadRecords:
             if i <= WARN_FIRST:
                 log.warning("%s: skipped a bad record: %s", self.who, reason)
             if i == WARN_FIRST:
-                log.warning("%s: further bad records are skipped and counted every %.0f s", self.who, COUNT_SECONDS)
+                log.warning("%s: further bad records are skipped without a line each: a count follows every %.0f s "
+                            "and at each display", self.who, COUNT_SECONDS)
         self.last += len(decoded.skipped)
         self.total += len(decoded.skipped)
         if decoded.offsets:

@@ -225,6 +225,11 @@ class Solver:
         if elapsed > 0:
             log.info("    Waited for data %.3fs (%.1f%% of the time since the last display)",
                      delta, 100.0 * delta / elapsed)
+        skipped = self.net.data_skipped_records() or 0
+        new, self._skipped_mark = skipped - getattr(self, "_skipped_mark", 0), skipped
+        if new:
+            log.warning("    Skipped %d bad records since the last display (%d in all; bad_record: SKIP)",
+                        new, skipped)
 
     def _log_outputs(self, net, kind, values):
         k = 0

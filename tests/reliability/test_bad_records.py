@@ -7,6 +7,7 @@ sharded), wrapping at the end.
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -144,7 +145,7 @@ def test_skip_serves_the_good_records_in_order_and_counts_the_bad(tmp_path, monk
     assert "record '00000003': not a Datum" in warnings[1]
     assert "record '00000004': 5 data bytes for shape 1x3x4" in warnings[2]
     assert "record '00000009': cannot decode image" in warnings[3]
-    assert "further bad records are skipped and counted" in warnings[10]
+    assert "further bad records are skipped without a line each" in warnings[10]
     assert warnings[11] == f"layer 'data' (Data): {bad} bad records skipped in all"
 
 
@@ -250,6 +251,10 @@ def test_the_train_flag_overrides_the_prototxt(tmp_path, monkeypatch, capsys):
     assert "Optimization Done." in proc.stderr
     assert proc.stderr.count("skipped a bad record: record '") == 10
     assert f"layer 'data' (Data): {bad} bad records skipped in all" in proc.stderr
+    # Each display line says how many were skipped since the one before.
+    pairs = re.findall(r"Skipped (\d+) bad records since the last display \((\d+) in all", proc.stderr)
+    since, totals = [int(n) for n, _ in pairs], [int(t) for _, t in pairs]
+    assert since and all(n > 0 for n in since) and numpy.cumsum(since).tolist() == totals and totals[-1] <= bad
 
 
 def test_after_the_first_warnings_a_count_not_a_line_per_record(tmp_path, monkeypatch, warnings):
