@@ -125,12 +125,21 @@ def _process_entry(target, rank, size, group, requests, payload, conn, parent_pi
         conn.send(("ok", rank, result))
         status = 0
     except BaseException as e:
-        conn.send(("error", rank, _summary(e), traceback.format_exc()))
+        conn.send(("error", rank, _summary(e), "" if _users_mistake(e) else traceback.format_exc()))
         status = 1
     finally:
         logging.shutdown()
     conn.close()
     os._exit(status)   # skip interpreter teardown: prefetch threads are daemons
+
+
+def _users_mistake(error):
+    """Errors that already name the file, line, layer or record: their traceback would only bury that."""
+    from ..data.datum import DatumError, MeanError
+    from ..data.db import DBError
+    from ..layers.base import LayerError
+    from ..proto.errors import ProtoError
+    return isinstance(error, (LayerError, ProtoError, DatumError, MeanError, DBError))
 
 
 def _watch_parent(parent_pid):
@@ -220,7 +229,7 @@ def _watch_processes(procs, conns, requests, poll, poll_interval):
         if failed_at is not None and (time.monotonic() - failed_at > _GRACE or not running):
             rank = _first(errors)
             summary, details = errors[rank]
-            if details:
+            if details:     # a crash: its traceback; a user's mistake is said once, by WorkerError
                 log.error("worker %d failed:\n%s", rank, details.rstrip())
             raise WorkerError(rank, summary, details)
         if poll is not None:
@@ -281,7 +290,7 @@ def _run_threads(target, size, payload, group, poll, poll_interval):
         try:
             results[rank] = target(Worker(rank, size, group, requests, payload, threaded=True))
         except BaseException as e:
-            errors[rank] = (_summary(e), traceback.format_exc())
+            errors[rank] = (_summary(e), "" if _users_mistake(e) else traceback.format_exc())
             requests.post(STOP)              # the others stop at their next iteration
             if group is not None:
                 group.abort()                # and wake from any blocking call
@@ -306,7 +315,8 @@ def _run_threads(target, size, payload, group, poll, poll_interval):
     if errors:
         rank = _first(errors)
         summary, details = errors[rank]
-        log.error("worker %d failed:\n%s", rank, details.rstrip())
+        if details:
+            log.error("worker %d failed:\n%s", rank, details.rstrip())
         raise WorkerError(rank, summary, details)
     return [results[r] for r in range(size)]
 

@@ -269,3 +269,18 @@ def test_after_the_first_warnings_a_count_not_a_line_per_record(tmp_path, monkey
     _, _, bad = reference(20, good, 12, 4)
     assert totals[-1] == layer.skipped_records_total == bad
     assert counts[-1].startswith(f"layer 'data' (Data): {bad} bad records skipped so far ({bad - totals[-2]} since")
+
+
+def test_a_bad_record_in_a_worker_process_is_one_line(tmp_path):
+    write_mixed(str(tmp_path / "db"), 20, BAD)
+    (tmp_path / "net.prototxt").write_text(NET % "")
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    proc = subprocess.run([sys.executable, "-m", "pycaffe_dist", "train", "--solver", "solver.prototxt",
+                           "--workers", "2"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"pycaffe-dist train: error: worker [01] raised LayerError: layer 'data' \(Data\): "
+                        r"record '\d+': .*", last), last
+    assert proc.stderr.count("raised LayerError") == 1
