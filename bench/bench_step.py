@@ -188,28 +188,29 @@ def main():
     if args.memory_worker:
         memory_worker(args.memory_worker, nets[0])
         return 0
-    head = "%-14s %7s %10s %10s %6s %8s %9s %7s %7s" % (
-        "net", "threads", "ours ms", "torch ms", "ratio", "GFLOP", "floor ms", "ours", "torch")
+    head = "%-14s %7s %10s %10s %6s %8s %7s %9s %7s %7s" % (
+        "net", "threads", "ours ms", "torch ms", "ratio", "GFLOP", "sgemm", "floor ms", "ours", "torch")
     if args.memory:
         head += " %9s %9s" % ("ours MiB", "torch MiB")
     print(head)
-    print("%-14s %7s %10s %10s %6s %8s %9s %7s %7s" % ("", "", "", "", "", "/iter", "", "floor/t", "floor/t"))
+    print("%-14s %7s %10s %10s %6s %8s %7s %9s %7s %7s" % ("", "", "", "", "", "/iter", "GFLOP/s", "",
+                                                           "floor/t", "floor/t"))
     for threads in args.threads.split(","):
         load = os.getloadavg()[0]
         found = _child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
                         "--rounds", str(args.rounds), "--clock", args.clock], threads)
         for name, r in found.items():
             floor = r["gflop"] / r["sgemm"] * 1000
-            line = "%-14s %7s %10.2f %10.2f %6.2f %8.2f %9.2f %7.2f %7.2f" % (
+            line = "%-14s %7s %10.2f %10.2f %6.2f %8.2f %7.1f %9.2f %7.2f %7.2f" % (
                 name, threads, r["pycaffe_dist"], r["pytorch"], r["pycaffe_dist"] / r["pytorch"],
-                r["gflop"], floor, floor / r["pycaffe_dist"], floor / r["pytorch"])
+                r["gflop"], r["sgemm"], floor, floor / r["pycaffe_dist"], floor / r["pytorch"])
             if args.memory:
                 peaks = [_child(["--memory-worker", framework, "--nets", name], threads)["peak"] / 2 ** 20
                          for framework in ("pycaffe_dist", "pytorch")]
                 line += " %9.1f %9.1f" % tuple(peaks)
             print(line, flush=True)
-        print("# threads %s: sgemm %.1f GFLOP/s, load average %.2f at start, %.2f at end"
-              % (threads, next(iter(found.values()))["sgemm"], load, os.getloadavg()[0]), flush=True)
+        print("# threads %s: load average %.2f at start, %.2f at end" % (threads, load, os.getloadavg()[0]),
+              flush=True)
     return 0
 
 
