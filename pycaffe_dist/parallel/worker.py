@@ -104,7 +104,13 @@ def train_worker(worker):
     # CPU time: the whole process's (all its threads) or, for a worker thread, its own.
     cpu_clock = time.thread_time if worker.threaded else time.process_time
     start_iter, started, cpu = solver.iter, time.perf_counter(), cpu_clock()
-    solver.solve()
+    try:
+        solver.solve()
+    finally:        # prefetch threads stop and data layers log their closing counts
+        solver.close()
+        for net in nets.values():
+            if net is not solver.net:
+                net.close()
     seconds = time.perf_counter() - started
     report = _report(worker, job, solver, start_iter, seconds)
     report["cpu_seconds"] = cpu_clock() - cpu
