@@ -220,7 +220,8 @@ def solver_update(solver, rate, kernels=None):
     p = solver.param
     g, w = solver.net.flat_diff, solver.net.flat_data
     b1, b2, t = p.momentum, p.momentum2, solver.iter + 1
-    arrays = {"w": w, "g": g, "lr_mult": solver._lr_mult, "decay_mult": solver._decay_mult}
+    lr_mult, decay_mult = solver.per_element_mults()
+    arrays = {"w": w, "g": g, "lr_mult": lr_mult, "decay_mult": decay_mult}
     for k, h in enumerate(solver.history):
         arrays[f"h{k}"] = h
     scalars = {"gscale": 1.0 / p.iter_size if p.iter_size > 1 else 1.0, "rate": rate,

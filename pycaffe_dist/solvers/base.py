@@ -1,4 +1,5 @@
 """The step loop every solver shares: test, forward/backward, display, update, snapshot."""
+import functools
 import logging
 import math
 import os
@@ -8,12 +9,34 @@ import numpy
 
 from .. import backend
 from ..net import Net, TEST, TRAIN
-from ..ops import kernels
+from ..ops import kernels, threads
 from ..proto import caffe_pb2, io as proto_io
 from ..proto.errors import ProtoError
 from . import lr_policy, numerics, updates
 
 log = logging.getLogger("pycaffe_dist")
+
+# Elements per update block: its gradient, weights, two histories and the
+# scratch (5 x 512 KiB in float32) fit in a 4 MiB L2.
+_BLOCK = 1 << 17
+
+
+def _update_blocks(learnable, scalar):
+    """The flat buffer as (start, stop, lr_mult, decay_mult) blocks of at most
+    _BLOCK elements, each within a run of parameters sharing multipliers."""
+    runs = []
+    for p in sorted(learnable, key=lambda p: p.offset):
+        mults = (scalar(p.lr_mult), scalar(p.decay_mult))
+        stop = p.offset + p.blob.count
+        if runs and runs[-1][1] == p.offset and runs[-1][2:] == mults:
+            runs[-1][1] = stop
+        else:
+            runs.append([p.offset, stop, *mults])
+    blocks = []
+    for start, stop, lr_mult, decay_mult in runs:
+        for b in range(start, stop, _BLOCK):
+            blocks.append((b, min(b + _BLOCK, stop), lr_mult, decay_mult))
+    return blocks
 
 STOP, SNAPSHOT = "stop", "snapshot"
 
@@ -73,13 +96,9 @@ class Solver:
         xp = self.net.xp
         n = self.net.flat_data.size
         self.history = [xp.zeros(n, self.dtype) for _ in range(n_history)]
-        self._tmp = xp.zeros(n, self.dtype)
-        self._rate = xp.zeros(n, self.dtype)
-        self._lr_mult = xp.zeros(n, self.dtype)
-        self._decay_mult = xp.zeros(n, self.dtype)
-        for p in self.net.learnable:
-            self._lr_mult[p.offset:p.offset + p.blob.count] = p.lr_mult
-            self._decay_mult[p.offset:p.offset + p.blob.count] = p.decay_mult
+        self._blocks = _update_blocks(self.net.learnable, self.dtype.type)
+        self._scratch = {}                 # thread count -> a block-sized buffer per thread
+        self._mults = None                 # per-element lr/decay multipliers, built for the GPU kernels only
         self.iteration_timer = time.time()
         self.last_test_scores = []
 
@@ -311,21 +330,49 @@ class Solver:
             # CuPy: decay, update value and step fused in one kernel per type (ops/kernels.py)
             kernels.solver_update(self, rate)
             return
-        if p.iter_size > 1:
-            g *= 1.0 / p.iter_size
-        if p.weight_decay:
-            xp.multiply(self._decay_mult, p.weight_decay, out=self._tmp)
-            if p.regularization_type == "L2":
-                self._tmp *= w
-            elif p.regularization_type == "L1":
-                self._tmp *= xp.sign(w)
-            else:
-                raise SolverError("%s: unknown regularization_type %r (use L2 or L1)"
-                                  % (self.path, p.regularization_type))
-            g += self._tmp
-        xp.multiply(self._lr_mult, rate, out=self._rate)
-        self.rule(xp, p, g, self._rate, self.history, self._tmp, self.iter)
-        w -= g
+        if p.weight_decay and p.regularization_type not in ("L1", "L2"):
+            raise SolverError("%s: unknown regularization_type %r (use L2 or L1)"
+                              % (self.path, p.regularization_type))
+        # Block by block, so that a block's gradient, weights, history and
+        # scratch stay in cache through the dozen elementwise passes of the
+        # update; each block's multipliers are scalars. Elementwise, so the
+        # bits are those of whole-buffer passes at any block or thread count.
+        dt = self.dtype.type
+        scale = dt(1.0 / p.iter_size) if p.iter_size > 1 else None
+        decay, rate = dt(p.weight_decay), dt(rate)
+        l1 = p.regularization_type == "L1"
+
+        def update(blocks, tmp):
+            for start, stop, lr_mult, decay_mult in blocks:
+                gb, wb, tb = g[start:stop], w[start:stop], tmp[:stop - start]
+                if scale is not None:
+                    gb *= scale
+                if p.weight_decay:
+                    if l1:
+                        xp.sign(wb, out=tb)
+                        tb *= decay_mult * decay
+                    else:
+                        xp.multiply(wb, decay_mult * decay, out=tb)
+                    gb += tb
+                self.rule(xp, p, gb, lr_mult * rate, [h[start:stop] for h in self.history], tb, self.iter)
+                wb -= gb
+
+        runs = threads.split(self._blocks, min(threads.count(xp), len(self._blocks)) or 1)
+        scratch = self._scratch.get(len(runs))
+        if scratch is None:
+            scratch = self._scratch[len(runs)] = [xp.empty(_BLOCK, self.dtype) for _ in runs]
+        threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, scratch)])
+
+    def per_element_mults(self):
+        """(lr_mult, decay_mult) as flat per-element arrays (the GPU update kernels read them)."""
+        if self._mults is None:
+            xp = self.net.xp
+            n = self.net.flat_data.size
+            self._mults = (xp.zeros(n, self.dtype), xp.zeros(n, self.dtype))
+            for start, stop, lr_mult, decay_mult in self._blocks:
+                self._mults[0][start:stop] = lr_mult
+                self._mults[1][start:stop] = decay_mult
+        return self._mults
 
     # -- snapshots -------------------------------------------------------------------
     def snapshot_filename(self, extension):
