@@ -98,6 +98,14 @@ class PoolGeometry:
         return (i % sh) * self.phase_rows + oh + i // sh
 
 
+# Pooling's blocks stay on the calling thread. Split over two threads on two
+# idle cores they ran slower, not faster (the ops are a dozen short numpy
+# passes per block and the threads queue for the GIL between them): cifar10_quick
+# pool1 forward/backward 9.5-10.1 / 14.6-15.3 ms on one thread, 13.8-14.1 /
+# 21.9-22.2 ms on two; LeNet pool1 backward 1.3 -> 2.1-2.4 ms.
+THREADED = False
+
+
 class TwoStage:
     """Phase buffers and slices shared by max and average pooling.
 
@@ -119,7 +127,7 @@ class TwoStage:
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
         `block` is the longest block's length and `op` the thread's copy."""
         blocks, block = self._blocks(xp, nc, itemsize)
-        count = min(threads.count(xp), len(blocks))
+        count = min(threads.count(xp), len(blocks)) if THREADED else 1
         while len(self._copies) < count - 1:
             lane = copy.copy(self)
             lane.scratch, lane._copies = Workspace(), []
