@@ -18,6 +18,9 @@ $(STAMP): setup.py
 	command -v dot >/dev/null || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq graphviz >/dev/null \
 	  || echo "graphviz did not install: draw_net can write .dot only; its picture tests skip"; }
+	command -v g++ >/dev/null || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq g++ >/dev/null \
+	  || echo "g++ did not install: the host builds of the GPU kernel sources skip"; }
 	test -d /usr/share/datasets/fashion-mnist || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
 	  || echo "dataset-fashion-mnist did not install: the accuracy tests on Fashion-MNIST skip"; }
