@@ -3,7 +3,7 @@
     parallel_param {
       strategy: "sync"          # "sync" (data parallel, Caffe's -gpu) or "hogwild"
       workers: 2                # how many; --workers N overrides, --gpu 0,1 implies 2
-      mode: "process"           # "process" or "thread"; default: sync -> process, hogwild -> thread
+      mode: "process"           # "process" (the default) or "thread"; --mode overrides
       layer_wise_reduce: true   # sync: reduce each layer's gradients as soon as its backward ends
       algorithm: "mpi"          # sync: "mpi" (the communicator's own allreduce) or "tree" (Caffe's P2P tree)
       deterministic: false      # sync: exact equivalence mode, see below
@@ -80,7 +80,10 @@ class Settings:
             s = replace(s, workers=len(s.gpus))
         if s.workers < 1:
             raise ConfigError("workers must be at least 1, got %d" % s.workers)
-        mode = s.mode or ("thread" if s.strategy == "hogwild" else "process")
+        # Processes by default, Hogwild too: on two idle cores Hogwild processes
+        # trained LeNet at 1.89x one worker, threads at 1.50x (the GIL between
+        # numpy calls; BENCHMARKS.md).
+        mode = s.mode or "process"
         if mode not in MODES:
             raise ConfigError("unknown parallel mode %r (known: %s)" % (mode, ", ".join(MODES)))
         if s.strategy == "hogwild" and s.gpus:

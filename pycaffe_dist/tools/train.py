@@ -67,6 +67,8 @@ def build_parser():
     p.add_flag("deterministic", action="store_true", default=None,
                help="exact mode: the same weights to the bit for any worker count dividing --shards")
     p.add_flag("shards", type=int, help="--deterministic: shards per iteration (default: one per worker)")
+    p.add_flag("mode", choices=parallel_config.MODES,
+               help="workers as processes (the default: they use every core) or threads in this process")
     p.add_flag("sigint_effect", default="stop", choices=sorted(EFFECTS),
                help="what Ctrl-C does: stop (default), snapshot, none")
     p.add_flag("sighup_effect", default="snapshot", choices=sorted(EFFECTS),
@@ -114,7 +116,7 @@ def _train(args, argv):
         settings = parallel_config.from_solver(read_solver(args.solver), workers=args.workers,
                                                strategy=args.strategy, gpus=gpus,
                                                deterministic=args.deterministic, shards=args.shards,
-                                               algorithm=args.algorithm)
+                                               algorithm=args.algorithm, mode=args.mode)
     except parallel_config.ConfigError as e:
         raise UserError(str(e)) from None
     if settings.parallel:

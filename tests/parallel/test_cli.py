@@ -44,6 +44,8 @@ def test_workers_flag_trains_synchronously_and_the_root_alone_logs_and_snapshots
 def test_parallel_param_is_the_default_and_flags_override_it(workdir, capfd):
     path = solver(workdir, extra='parallel_param { strategy: "hogwild" workers: 2 }')
     assert main(["train", "--solver", path]) == 0
+    assert "Training with 2 process workers (hogwild)" in capfd.readouterr().err
+    assert main(["train", "--solver", path, "--mode", "thread"]) == 0
     assert "Training with 2 thread workers (hogwild)" in capfd.readouterr().err
     assert main(["train", "--solver", path, "--strategy", "sync", "--workers", "1", "--deterministic",
                  "--shards", "2"]) == 0

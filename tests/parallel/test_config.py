@@ -30,7 +30,8 @@ def test_workers_alone_mean_synchronous_data_parallel_in_processes():
 def test_prototxt_declares_and_the_command_line_overrides():
     p = solver('parallel_param { strategy: "hogwild" workers: 4 }')
     s = from_solver(p)
-    assert (s.strategy, s.workers, s.mode) == ("hogwild", 4, "thread")
+    assert (s.strategy, s.workers, s.mode) == ("hogwild", 4, "process")
+    assert from_solver(p, mode="thread").mode == "thread"
     s = from_solver(p, workers=2, strategy="sync")
     assert (s.strategy, s.workers, s.mode) == ("sync", 2, "process")
 
