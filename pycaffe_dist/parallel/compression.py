@@ -19,7 +19,7 @@ them (each rank receives p - 1 payloads); fp16 is summed on the way.
 """
 import numpy
 
-from . import algorithms
+from . import algorithms, staging
 from .strategies import SyncSGD
 
 
@@ -129,6 +129,8 @@ class CompressedSGD(SyncSGD):
         self.chunk = chunk
         self.codec = None
         self.residual = None
+        self.stage_numpy = False    # compress a numpy gradient through the host copy too (what CuPy ones take)
+        self._host = None
 
     def attach(self, solver):
         super().attach(solver)
@@ -144,6 +146,19 @@ class CompressedSGD(SyncSGD):
         g = solver.net.flat_diff
         if self.comm.size == 1:
             return
+        if self.stage_numpy or not isinstance(g, numpy.ndarray):
+            # A GPU gradient: the codecs and the residual are numpy, so compress
+            # a host copy (one buffer, reused) and copy the result back.
+            if self._host is None:
+                self._host = numpy.empty(g.size, numpy.dtype(g.dtype))
+            staging.download(g, self._host)
+            self._exchange(self._host)
+            staging.upload(self._host, g)
+        else:
+            self._exchange(g)
+
+    def _exchange(self, g):
+        """Compress `g` (numpy, with the residual added), exchange, and leave the mean of what all ranks sent."""
         if self.error_feedback:
             g += self.residual
         if self.compression == "fp16":

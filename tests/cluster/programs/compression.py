@@ -1,4 +1,5 @@
 """Under mpiexec: CompressedSGD's applied gradient and residual against the formulas, two steps, every codec."""
+import itertools
 import sys
 
 import numpy
@@ -50,33 +51,33 @@ def topk_formula(g, k):
     return out
 
 
-for compression in ("onebit", "topk", "fp16"):
-    for feedback in (True, False):
-        s = solver()
-        strategy = CompressedSGD(comm, compression, error_feedback=feedback, topk_ratio=0.2, algorithm="ring")
-        strategy.attach(s)
-        n = s.net.flat_diff.size
-        columns = columns_of(s.net)
-        k = max(1, int(round(0.2 * n)))
-        quantize = {"onebit": lambda g, c=columns: onebit_formula(g, c), "topk": lambda g, k=k: topk_formula(g, k),
-                    "fp16": lambda g: g.astype(numpy.float16).astype(numpy.float32)}[compression]
-        residuals = [numpy.zeros(n, numpy.float32) for _ in range(comm.size)]
-        for step in range(2):
-            s.net.flat_diff[...] = gradient(comm.rank, step, n)
-            strategy.on_gradients_ready(s)
-            sent = []
-            for r in range(comm.size):          # every rank's contribution, by the formula
-                g = gradient(r, step, n) + (residuals[r] if feedback else 0)
-                q = quantize(g)
-                sent.append(q)
-                residuals[r] = g - q if feedback else residuals[r]
-            expected = sum(sent) / comm.size
-            tolerance = 2e-3 if compression == "fp16" else 1e-5
-            name = "%s feedback=%s step %d" % (compression, feedback, step)
-            if not numpy.allclose(s.net.flat_diff, expected, atol=tolerance):
-                failures.append(name + ": applied gradient %g off" % numpy.abs(s.net.flat_diff - expected).max())
-            if not numpy.allclose(strategy.residual, residuals[comm.rank], atol=1e-5):
-                failures.append(name + ": residual %g off" % numpy.abs(strategy.residual - residuals[comm.rank]).max())
+for compression, feedback, staged in itertools.product(("onebit", "topk", "fp16"), (True, False), (False, True)):
+    s = solver()
+    strategy = CompressedSGD(comm, compression, error_feedback=feedback, topk_ratio=0.2, algorithm="ring")
+    strategy.attach(s)
+    strategy.stage_numpy = staged       # the host-copy path a CuPy gradient takes
+    n = s.net.flat_diff.size
+    columns = columns_of(s.net)
+    k = max(1, int(round(0.2 * n)))
+    quantize = {"onebit": lambda g, c=columns: onebit_formula(g, c), "topk": lambda g, k=k: topk_formula(g, k),
+                "fp16": lambda g: g.astype(numpy.float16).astype(numpy.float32)}[compression]
+    residuals = [numpy.zeros(n, numpy.float32) for _ in range(comm.size)]
+    for step in range(2):
+        s.net.flat_diff[...] = gradient(comm.rank, step, n)
+        strategy.on_gradients_ready(s)
+        sent = []
+        for r in range(comm.size):          # every rank's contribution, by the formula
+            g = gradient(r, step, n) + (residuals[r] if feedback else 0)
+            q = quantize(g)
+            sent.append(q)
+            residuals[r] = g - q if feedback else residuals[r]
+        expected = sum(sent) / comm.size
+        tolerance = 2e-3 if compression == "fp16" else 1e-5
+        name = "%s feedback=%s staged=%s step %d" % (compression, feedback, staged, step)
+        if not numpy.allclose(s.net.flat_diff, expected, atol=tolerance):
+            failures.append(name + ": applied gradient %g off" % numpy.abs(s.net.flat_diff - expected).max())
+        if not numpy.allclose(strategy.residual, residuals[comm.rank], atol=1e-5):
+            failures.append(name + ": residual %g off" % numpy.abs(strategy.residual - residuals[comm.rank]).max())
 
 if failures:
     print("rank %d: %d failures:\n  %s" % (comm.rank, len(failures), "\n  ".join(failures)), flush=True)
