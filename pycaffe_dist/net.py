@@ -281,13 +281,15 @@ class Net:
 
     def data_wait_seconds(self):
         """Total seconds this net's data layers waited for prefetched batches (None without any)."""
-        waits = [layer.wait_seconds_total for layer in self.layers if hasattr(layer, "wait_seconds_total")]
-        return sum(waits) if waits else None
+        return self._data_layers_total("wait_seconds_total")
 
     def data_skipped_records(self):
-        """Total bad records this net's data layers skipped (bad_record: SKIP; None without data layers)."""
-        counts = [layer.skipped_records_total for layer in self.layers if hasattr(layer, "skipped_records_total")]
-        return sum(counts) if counts else None
+        """Total bad records this net's data layers skipped (bad_record: SKIP; None without any)."""
+        return self._data_layers_total("skipped_records_total")
+
+    def _data_layers_total(self, name):
+        values = [getattr(layer, name) for layer in self.layers if hasattr(layer, name)]
+        return sum(values) if values else None
 
     def close(self):
         """Stop what layers run in the background (prefetch threads), and close their files."""

@@ -97,7 +97,7 @@ class Solver:
         n = self.net.flat_data.size
         self.history = [xp.zeros(n, self.dtype) for _ in range(n_history)]
         self._blocks = _update_blocks(self.net.learnable, self.dtype.type)
-        self._scratch = {}                 # thread count -> a block-sized buffer per thread
+        self._scratch = []                 # a block-sized buffer per thread the update runs on
         self._mults = None                 # per-element lr/decay multipliers, built for the GPU kernels only
         self.iteration_timer = time.time()
         self.last_test_scores = []
@@ -358,10 +358,9 @@ class Solver:
                 wb -= gb
 
         runs = threads.split(self._blocks, min(threads.count(xp), len(self._blocks)) or 1)
-        scratch = self._scratch.get(len(runs))
-        if scratch is None:
-            scratch = self._scratch[len(runs)] = [xp.empty(_BLOCK, self.dtype) for _ in runs]
-        threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, scratch)])
+        if len(self._scratch) != len(runs):
+            self._scratch = [xp.empty(_BLOCK, self.dtype) for _ in runs]
+        threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, self._scratch)])
 
     def per_element_mults(self):
         """(lr_mult, decay_mult) as flat per-element arrays (the GPU update kernels read them)."""
