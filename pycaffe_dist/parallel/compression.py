@@ -60,6 +60,10 @@ class OneBit:
         means = payload[bits.size:].view(numpy.float32).reshape(2, self.n_columns)
         return self._values(numpy.unpackbits(bits, count=self.n).view(bool), means)
 
+    def add_to(self, out, payload):
+        """out += decode(payload)."""
+        out += self.decode(payload)
+
     def _sum(self, values, dtype):
         """Per-column sums of `values`."""
         if self._starts is not None:
@@ -88,10 +92,13 @@ class TopK:
         return numpy.concatenate([index.view(numpy.uint8), values.view(numpy.uint8)]), decoded
 
     def decode(self, payload):
-        index = payload[:4 * self.k].view(numpy.int32)
         out = numpy.zeros(self.n, numpy.float32)
-        out[index] = payload[4 * self.k:].view(numpy.float32)
+        self.add_to(out, payload)
         return out
+
+    def add_to(self, out, payload):
+        """out += decode(payload), touching only the k values sent (their indices are distinct)."""
+        out[payload[:4 * self.k].view(numpy.int32)] += payload[4 * self.k:].view(numpy.float32)
 
 
 def columns_of(net):
@@ -173,7 +180,7 @@ class CompressedSGD(SyncSGD):
             algorithms.ring_allgather(self.comm, payload, everyone, self.chunk)
             g[...] = 0
             for r in range(self.comm.size):         # rank order: the same sum everywhere
-                g += self.codec.decode(everyone[r])
+                self.codec.add_to(g, everyone[r])
         g *= 1.0 / self.comm.size
 
     def _keep_residual(self, g, sent):
