@@ -29,11 +29,18 @@ def locate(net):
 
 
 def gradients_finite(net):
-    # max and min propagate NaN and cannot overflow, unlike a sum or a norm.
+    """Whether every parameter gradient is finite.
+
+    One pass: a sum is finite when every term is, and NaN or Inf when one
+    is not. A sum can also overflow on finite gradients (beyond 3.4e38 in
+    float32), so a non-finite sum is confirmed with max and min, which
+    propagate NaN and cannot overflow."""
     g = net.flat_diff
     if not g.size:
         return True
     xp = net.xp
+    if bool(xp.isfinite(g.sum())):
+        return True
     return bool(xp.isfinite(g.max()) and xp.isfinite(g.min()))
 
 

@@ -60,3 +60,22 @@ def test_exploding_gradients_name_the_first_layer():
                                      numpy.zeros(6, numpy.float32))
     with pytest.raises(NumericalError, match=r"iteration \d+: .*layer 'ip' \(InnerProduct\)"):
         s.step(10)
+
+
+@pytest.mark.parametrize("bad", [None, numpy.nan, numpy.inf, -numpy.inf, "overflow"])
+def test_gradient_check_finds_every_non_finite_value_and_only_those(bad):
+    """gradients_finite sums the gradients in one pass and confirms a
+    non-finite sum with max/min: a NaN or an Inf anywhere is found, finite
+    gradients whose float32 sum overflows are not reported."""
+    from pycaffe_dist.solvers.numerics import gradients_finite
+    s = solver()
+    g = s.net.flat_diff
+    g[...] = numpy.random.default_rng(0).standard_normal(g.size)
+    expected = True
+    if bad == "overflow":
+        g[:] = 3e38                                   # finite; their sum is inf
+        assert not numpy.isfinite(g.sum())
+    elif bad is not None:
+        g[g.size // 2] = bad
+        expected = False
+    assert gradients_finite(s.net) is expected
