@@ -32,7 +32,7 @@ import math
 import numpy
 
 from .. import backend
-from . import conv_cost, threads
+from . import conv_cost, threads, winograd
 from .conv_batch_last import BatchLast
 from .conv_columns import ChannelsFirst, ChannelsLast  # noqa: F401  (ChannelsFirst: for tests and callers)
 from .workspace import Workspace
@@ -128,6 +128,7 @@ class Convolution:
         self.needs_dx = True       # learned from the backward calls
         self._lanes = {}
         self._plans = {}
+        self._winograd = None
 
     def _plan(self, x_shape, outputs, itemsize):
         """conv_cost's Plan for this input shape, worked out once."""
@@ -177,9 +178,24 @@ class Convolution:
         xp.copyto(out.reshape(flipped.shape), flipped)
         return out
 
+    def _minimal_filtering(self, xp, x_shape, outputs):
+        """The Winograd op when this convolution takes that path (on the
+        CPU; see winograd.tile_size), else None."""
+        if xp is not numpy:
+            return None
+        m = winograd.tile_size(self.geometry, self.group, x_shape[1], outputs, x_shape[2:])
+        if m is None:
+            return None
+        if self._winograd is None or self._winograd.m != m:
+            self._winograd = winograd.Winograd(self.geometry, self.group, m)
+        return self._winograd
+
     def forward(self, x, weight, bias, y):
         """y = conv(x) + bias; bias may be None."""
         xp = backend.get_array_module(x)
+        fast = self._minimal_filtering(xp, x.shape, weight.shape[0])
+        if fast is not None:
+            return fast.forward(x, weight, bias, y)
         c, o = x.shape[1], weight.shape[0]
         layout = self._plan(x.shape, o, x.itemsize).layout
         lanes = threads.count(xp)
@@ -205,6 +221,9 @@ class Convolution:
         only when given). Reuses forward's columns when x is the array
         forward() last saw; x must not have changed since."""
         xp = backend.get_array_module(dy)
+        fast = self._minimal_filtering(xp, x.shape, weight.shape[0])
+        if fast is not None:
+            return fast.backward(x, dy, weight, dweight, dbias, dx)
         if dbias is not None:
             dbias += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
         if dweight is None and dx is None:

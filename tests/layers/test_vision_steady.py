@@ -25,6 +25,13 @@ LAYERS = [
      'weight_filler { type: "gaussian" } }', (96, 20, 12, 12)),
     ('name: "c" type: "Convolution" convolution_param { num_output: 16 kernel_size: 3 stride: 2 pad: 1 group: 2 '
      'weight_filler { type: "gaussian" } }', (128, 16, 24, 24)),
+    # Winograd F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5) (ops/winograd.py)
+    ('name: "c" type: "Convolution" convolution_param { num_output: 128 kernel_size: 3 pad: 1 '
+     'weight_filler { type: "gaussian" } }', (16, 128, 14, 14)),
+    ('name: "c" type: "Convolution" convolution_param { num_output: 128 kernel_size: 3 pad: 1 '
+     'weight_filler { type: "gaussian" } }', (4, 128, 28, 28)),
+    ('name: "c" type: "Convolution" convolution_param { num_output: 64 kernel_size: 5 pad: 2 '
+     'weight_filler { type: "gaussian" } }', (16, 64, 16, 16)),
     ('name: "d" type: "Deconvolution" convolution_param { num_output: 16 kernel_size: 4 stride: 2 pad: 1 '
      'weight_filler { type: "gaussian" } }', (128, 16, 12, 12)),
     ('name: "p" type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }', (32, 32, 32, 32)),
