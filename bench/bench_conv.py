@@ -16,10 +16,13 @@ ops.gemm's blocked products, the shared backward columns
 (conv_columns.FUSED_BIAS) and channels-last products written straight into
 y (conv_columns.DIRECT_OUTPUTS) switched off, and prints new/old per pass.
 
-With --steps lenet,cifar10_quick, --compare times whole training steps
-(bench_step.py's nets and solver) instead of single layers.
+--winograd compares the same way with only the Winograd path
+(ops/winograd.py) switched off: "old" is im2col + GEMM for every layer.
 
-    .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare]
+With --steps lenet,cifar10_quick, --compare (or --winograd) times whole
+training steps (bench_step.py's nets and solver) instead of single layers.
+
+    .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare | --winograd]
         [--layers lenet/conv1,...] [--caffenet] [--steps lenet,cifar10_quick]
 """
 import argparse
@@ -52,15 +55,19 @@ CAFFENET = {
     "caffenet/conv5": (16, 384, 256, 13, 3, 1, 1, 2, True),
 }
 # (module, setting, value that switches the path off)
-SWITCHES = (("gemm", "ENABLED", False), ("conv", "SHARED_COLUMNS", False),
-            ("conv_columns", "FUSED_BIAS", False), ("conv_columns", "DIRECT_OUTPUTS", 0))
+GEMM_SWITCHES = (("gemm", "ENABLED", False), ("conv", "SHARED_COLUMNS", False),
+                 ("conv_columns", "FUSED_BIAS", False), ("conv_columns", "DIRECT_OUTPUTS", 0))
+WINOGRAD_SWITCHES = (("winograd", "ENABLED", False),)
+SWITCHES = GEMM_SWITCHES      # what --compare switches off; --winograd sets WINOGRAD_SWITCHES
 _SHIPPED = {}
 
 
 def switch(on):
-    """Issue #8's GEMM paths on (as shipped) or off (as before)."""
+    """The compared paths on (as shipped) or off (as before)."""
+    import importlib
     from pycaffe_dist import ops
     for module, name, off in SWITCHES:
+        importlib.import_module("pycaffe_dist.ops." + module)
         owner = getattr(ops, module)
         _SHIPPED.setdefault((module, name), getattr(owner, name))
         setattr(owner, name, _SHIPPED[(module, name)] if on else off)
@@ -85,6 +92,9 @@ def ours(batch, channels, outputs, size, kernel, stride, pad, group, needs_dx):
     dx = numpy.empty_like(x) if needs_dx else None
 
     def describe():
+        m = ops.winograd.tile_size(op.geometry, group, channels, outputs, (size, size))
+        if m is not None:
+            return "Winograd F(%dx%d, %dx%d)" % (m, m, kernel, kernel)
         plan = op._plan(x.shape, outputs, 4)
         grad = "" if not needs_dx else (" + transposed conv" if plan.by_convolution else " + col2im")
         return plan.layout.__name__ + grad
@@ -170,10 +180,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compare", action="store_true", help="new/old in one process instead of against PyTorch")
+    ap.add_argument("--winograd", action="store_true", help="like --compare, only the Winograd path switched off")
     ap.add_argument("--caffenet", action="store_true", help="CaffeNet's convolutions too (batch 16)")
     ap.add_argument("--layers", default="", help="comma-separated names (default: all)")
     ap.add_argument("--steps", default="", help="with --compare: whole training steps of these nets instead")
     args = ap.parse_args()
+    if args.winograd:
+        global SWITCHES
+        SWITCHES = WINOGRAD_SWITCHES
+        args.compare = True
     layers = dict(LAYERS, **(CAFFENET if args.caffenet else {}))
     if args.layers:
         layers = {name: {**LAYERS, **CAFFENET}[name] for name in args.layers.split(",")}
