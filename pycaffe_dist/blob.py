@@ -29,6 +29,7 @@ class Blob:
         self._data = None
         self._diff = None
         self._shape = None
+        self._diff_owes_zeros = False
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------
@@ -68,6 +69,7 @@ class Blob:
         assert data.shape == diff.shape
         self._data, self._diff, self._shape = data, diff, tuple(data.shape)
         self.xp = backend.get_array_module(data)
+        self._diff_owes_zeros = False
 
     @property
     def shape(self):
@@ -87,11 +89,31 @@ class Blob:
 
     @property
     def diff(self):
+        if self._diff_owes_zeros:          # cleared by Net.clear_param_diffs(lazily=True)
+            self._diff[...] = 0
+            self._diff_owes_zeros = False
         return self._diff
 
     @diff.setter
     def diff(self, value):
+        self._diff_owes_zeros = False
         self._diff[...] = value
+
+    def clear_diff_lazily(self):
+        """Make the diff read as zeros without writing it now: the zeros are
+        written on the next read of `diff`, or not at all when a layer
+        overwrites the whole diff first (diff_to_overwrite)."""
+        self._diff_owes_zeros = True
+
+    @property
+    def diff_owes_zeros(self):
+        return self._diff_owes_zeros
+
+    def diff_to_overwrite(self):
+        """The diff array for a caller that writes every element of it (and
+        reads none): a pending lazy clear is dropped instead of written."""
+        self._diff_owes_zeros = False
+        return self._diff
 
     def _legacy(self, axis):
         if len(self._shape) > 4:

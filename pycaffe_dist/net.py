@@ -268,6 +268,9 @@ class Net:
             layer.backward(top, self.bottom_need_backward[i], bottom)
             for hook in self.after_backward_hooks:
                 hook(i)
+        for blob in self._write_first()[0] if getattr(self, "_write_first_cache", None) else ():
+            if blob.diff_owes_zeros:       # no layer wrote it: the zeros a lazy clear owes
+                blob.diff_to_overwrite()[...] = 0
 
     def forward_backward(self):
         loss = self.forward()
@@ -298,8 +301,47 @@ class Net:
             if close is not None:
                 close()
 
-    def clear_param_diffs(self):
-        self.flat_diff[...] = 0
+    def clear_param_diffs(self, lazily=False):
+        """Zero every parameter gradient (Caffe's ClearParamDiffs).
+
+        lazily (the solver, when no callback could look in between): the
+        gradients of layers that can write theirs whole instead of adding to
+        them (InnerProduct's weights, owned by that one layer) are only
+        marked; the layer overwrites them in backward, which saves a write
+        and a read of the largest gradients, and any other read sees zeros
+        (Blob.diff writes them first; backward() does for what no layer
+        wrote)."""
+        if not lazily:
+            self.flat_diff[...] = 0
+            return
+        blobs, spans = self._write_first()
+        for start, stop in spans:
+            self.flat_diff[start:stop] = 0
+        for blob in blobs:
+            blob.clear_diff_lazily()
+
+    def _write_first(self):
+        """(blobs, spans): the learnable blobs a layer overwrites, and the
+        flat_diff ranges of all the others."""
+        if getattr(self, "_write_first_cache", None) is None:
+            users = {}
+            for layer in self.layers:
+                for blob in layer.blobs:
+                    users[id(blob)] = users.get(id(blob), 0) + 1
+            chosen = set()
+            for layer, needs in zip(self.layers, self.layer_need_backward):
+                if (needs and getattr(layer, "overwrites_weight_diff", False) and layer.blobs
+                        and layer.param_propagate_down[0] and users[id(layer.blobs[0])] == 1):
+                    chosen.add(id(layer.blobs[0]))
+            blobs, spans, start = [], [], 0
+            for p in self.learnable:
+                if id(p.blob) in chosen:
+                    blobs.append(p.blob)
+                    spans.append((start, p.offset))
+                    start = p.offset + p.blob.count
+            spans.append((start, self.flat_diff.size))
+            self._write_first_cache = (blobs, [(a, b) for a, b in spans if b > a])
+        return self._write_first_cache
 
     def add_after_backward(self, hook):
         """Call hook(layer_index) after each layer's backward (to start reducing its gradients)."""

@@ -79,6 +79,7 @@ class InnerProduct(Layer):
     type = "InnerProduct"
     exact_num_bottom = 1
     exact_num_top = 1
+    overwrites_weight_diff = True     # see Net.clear_param_diffs(lazily=True)
 
     def layer_setup(self, bottom, top):
         p = self.param.inner_product_param
@@ -126,8 +127,11 @@ class InnerProduct(Layer):
         x = bottom[0].data.reshape(self.m, self.k)
         weight = self.blobs[0]
         if self.param_propagate_down[0]:
-            # accumulated: parameter diffs add up until the solver clears them
-            self._gemms().weight_grad(dy, x, weight.diff, self.transpose)
+            # accumulated: parameter diffs add up until the solver clears them;
+            # written straight into the diff when it was cleared lazily
+            overwrite = weight.diff_owes_zeros
+            diff = weight.diff_to_overwrite() if overwrite else weight.diff
+            self._gemms().weight_grad(dy, x, diff, self.transpose, overwrite=overwrite)
         if self.bias_term and self.param_propagate_down[1]:
             bias_diff = self.blobs[1].diff
             bias_diff += dy.sum(axis=0)

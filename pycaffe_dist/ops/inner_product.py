@@ -80,22 +80,31 @@ class InnerProduct:
                      for c0, c1 in self._column_runs(b.shape[1], parts)])
         numpy.copyto(out, scratch.T)
 
-    def weight_grad(self, dy, x, diff, transpose):
+    def weight_grad(self, dy, x, diff, transpose, overwrite=False):
         """diff += dy^T @ x (x^T @ dy with transpose): accumulated, as Caffe's
-        parameter gradients are."""
+        parameter gradients are; diff = ... with overwrite (the diff was
+        cleared lazily, so it is written once instead of zeroed, read and
+        written again)."""
         xp = backend.get_array_module(dy)
         a, b = (x, dy) if transpose else (dy, x)            # diff (R, C) += a^T @ b
         rows, cols = diff.shape
         if xp is not numpy:
-            grad = self.workspace.get("grad", diff.shape, diff.dtype, xp)
-            xp.matmul(a.T, b, out=grad)
-            diff += grad
+            if overwrite:
+                xp.matmul(a.T, b, out=diff)
+            else:
+                grad = self.workspace.get("grad", diff.shape, diff.dtype, xp)
+                xp.matmul(a.T, b, out=grad)
+                diff += grad
             return
         block = max(1, min(rows, BLOCK_BYTES // max(1, cols * diff.itemsize)))
         blocks = [(r0, min(rows, r0 + block)) for r0 in range(0, rows, block)]
         parts = min(self._parts(xp, 2 * a.shape[0] * rows * cols, len(blocks)), len(blocks))
 
         def work(lane, run):
+            if overwrite:
+                for r0, r1 in run:
+                    numpy.matmul(a[:, r0:r1].T, b, out=diff[r0:r1])
+                return
             grad = self.workspace.get("grad%d" % lane, (block, cols), diff.dtype, xp)
             for r0, r1 in run:
                 part = grad[:r1 - r0]

@@ -168,7 +168,9 @@ class Solver:
         self.iteration_timer = time.time()
         timer_iter = self.iter
         while self.iter < stop_iter:
-            self.net.clear_param_diffs()
+            # lazily: InnerProduct layers write their weight gradients whole
+            # (callbacks may read diffs before backward: then eagerly)
+            self.net.clear_param_diffs(lazily=not self.callbacks)
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization) and self.is_root):
                 self.test_all()
