@@ -175,14 +175,20 @@ class Winograd:
         return _Shape(self.geometry, self.m, n, c, o, spatial)
 
     def _runs(self, n, channels, outputs, spatial, itemsize):
-        """Image ranges of at most CHUNK_BYTES of transformed data, split
-        into one contiguous run per thread; and the longest range."""
+        """Image ranges of at most CHUNK_BYTES of transformed data, as many
+        and as long for each thread, split into one contiguous run per
+        thread; and the longest range."""
         probe = self._shape(1, channels, outputs, spatial)
         per_image = self.a * self.a * max(channels, outputs) * probe.th * probe.tw * itemsize
-        lanes = threads.count(numpy)
-        size = max(1, min(CHUNK_BYTES // per_image, -(-n // lanes)))
-        chunks = [(n0, min(n, n0 + size)) for n0 in range(0, n, size)]
-        return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], size
+        lanes = min(threads.count(numpy), n)
+        per_lane = -(-n // lanes)
+        chunks_per_lane = -(-per_lane // max(1, CHUNK_BYTES // per_image))
+        runs = []
+        for start in range(0, n, per_lane):
+            length = min(n, start + per_lane) - start
+            cuts = [start + length * k // chunks_per_lane for k in range(chunks_per_lane + 1)]
+            runs.append([(a, b) for a, b in zip(cuts, cuts[1:]) if b > a])
+        return runs, max(b - a for run in runs for a, b in run)
 
     def _transformed_weights(self, weight):
         """U = G g G^T: (a*a, group, O/g, C/g), one GEMM by kron(G, G)."""
