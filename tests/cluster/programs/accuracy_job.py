@@ -50,8 +50,8 @@ def test(base, result, workers, net_path, data):
         x, y = data["test_x"][result.rank::workers], data["test_y"][result.rank::workers]
         batch = net.layers[0].batch_size
         if len(x) % batch:
-            raise SystemExit("%s: %d test images per worker is not a whole number of batches of %d"
-                             % (net_path, len(x), batch))
+            fail("%s: %d test images for worker %d are not a whole number of batches of %d"
+                 % (net_path, len(x), result.rank, batch))
         net.layers[0].set_input_arrays(x, y)
         for _ in range(len(x) // batch):
             sums[1] += net.forward() * batch
@@ -62,7 +62,13 @@ def test(base, result, workers, net_path, data):
     return {"accuracy": total[0] / total[2], "loss": total[1] / total[2]}
 
 
-def wait_for_everyone(world, MPI):
+def fail(message):
+    """Say what is wrong and end every rank of the job (the others may be waiting for this one)."""
+    print("accuracy_job.py: error: %s" % message, file=sys.stderr, flush=True)
+    mpi._mpi().COMM_WORLD.Abort(1)
+
+
+def wait_for_everyone(world):
     """A barrier that sleeps while it waits: a rank sitting a run out leaves the cores to those training."""
     request = world.Ibarrier()
     while not request.Test():
@@ -81,7 +87,7 @@ def main():
     for run in spec["runs"]:
         ranks = int(run["ranks"])
         if not 1 <= ranks <= size:
-            raise SystemExit("%s: run %r needs %d ranks; the job has %d" % (spec_path, run["name"], ranks, size))
+            fail("%s: run %r needs %d ranks; the job has %d" % (spec_path, run["name"], ranks, size))
         base = world if ranks == size else world.Split(0 if rank < ranks else MPI.UNDEFINED, rank)
         if rank < ranks:
             if run["feed"] not in feeds:
@@ -96,7 +102,7 @@ def main():
                 with open(os.path.join(out, run["name"] + ".json"), "w") as f:
                     json.dump({"iter": result.iter, "test_scores": [scores],
                                "seconds": time.perf_counter() - started}, f)
-        wait_for_everyone(world, MPI)
+        wait_for_everyone(world)
 
 
 if __name__ == "__main__":
