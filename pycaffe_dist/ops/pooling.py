@@ -98,12 +98,15 @@ class PoolGeometry:
         return (i % sh) * self.phase_rows + oh + i // sh
 
 
-# Pooling's blocks stay on the calling thread. Split over two threads on two
-# idle cores they ran slower, not faster (the ops are a dozen short numpy
-# passes per block and the threads queue for the GIL between them): cifar10_quick
-# pool1 forward/backward 9.5-10.1 / 14.6-15.3 ms on one thread, 13.8-14.1 /
-# 21.9-22.2 ms on two; LeNet pool1 backward 1.3 -> 2.1-2.4 ms.
-THREADED = False
+# Pooling's blocks are split over the ops' threads only where that measures
+# faster (ops.threads.Choice). Run as a dozen short numpy passes per 256 KB
+# block, the two lanes queued for the GIL and ran slower than one thread on
+# two idle cores (cifar10_quick pool1 forward/backward 9.5-10.1 /
+# 14.6-15.3 ms on one thread, 13.8-14.1 / 21.9-22.2 ms on two); with more
+# than one lane a block holds LANE_BLOCK_SCALE times as many planes, so
+# there are fewer, longer calls. False: always on the calling thread.
+THREADED = True
+LANE_BLOCK_SCALE = 4
 
 
 class TwoStage:
@@ -122,33 +125,36 @@ class TwoStage:
         self.workspace = Workspace()
         self.scratch = Workspace()
         self._copies = []
+        self._choices = {}
 
     def _each_block(self, xp, nc, itemsize, body):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
         `block` is the longest block's length and `op` the thread's copy."""
-        blocks, block = self._blocks(xp, nc, itemsize)
-        count = min(threads.count(xp), len(blocks)) if THREADED else 1
+        lanes = threads.count(xp) if THREADED else 1
+        blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if lanes > 1 else 1)
+        count = min(lanes, len(blocks))
         while len(self._copies) < count - 1:
             lane = copy.copy(self)
-            lane.scratch, lane._copies = Workspace(), []
+            lane.scratch, lane._copies, lane._choices = Workspace(), [], {}
             self._copies.append(lane)
+        choice = self._choices.setdefault(body.__name__, threads.Choice())
 
         def work(op, run):
             for p0, p1 in run:
                 body(op, p0, p1, block)
         threads.run([functools.partial(work, op, run)
-                     for op, run in zip([self] + self._copies, threads.split(blocks, count))])
+                     for op, run in zip([self] + self._copies, threads.split(blocks, count))], choice)
 
     @staticmethod
     def _planes(x):
         n, c, h, w = x.shape
         return x.reshape(n * c, h, w)
 
-    def _blocks(self, xp, nc, itemsize):
+    def _blocks(self, xp, nc, itemsize, scale=1):
         g = self.geometry
         if xp is not numpy:
             return [(0, nc)], nc
-        size = max(1, PLANE_BLOCK_BYTES // (g.plane_size * g.stride[1] * itemsize))
+        size = max(1, scale * PLANE_BLOCK_BYTES // (g.plane_size * g.stride[1] * itemsize))
         return [(p0, min(nc, p0 + size)) for p0 in range(0, nc, size)], min(nc, size)
 
     def _phase_buffer(self, xp, name, block, dtype, fill=None):

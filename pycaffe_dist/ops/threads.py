@@ -20,11 +20,25 @@ limits BLAS while they train) always run serially.
 
 A given thread count always splits the same way, so its results are
 reproducible to the bit; one thread gives the serial order.
+
+Whether the split pays is measured, not assumed (issue #8): on two cores a
+split op can run slower than on one (its lanes queue for the GIL between
+short numpy calls, or another job holds the second core). So an op passes
+a Choice to run(), which times its calls both ways, its lanes on the pool
+or one after another on the calling thread, and keeps the faster, trying
+the other way again now and then. The lanes and the order their results
+are combined in are the same either way, so the choice changes no bit.
 """
+import collections
 import concurrent.futures
+import statistics
 import threading
+import time
 
 import numpy
+
+# False: a split op always runs its lanes at once (for comparisons in bench/).
+MEASURED = True
 
 _lock = threading.Lock()
 _state = {"blas": None, "pool": None, "pool_size": 0, "threads": 0}
@@ -68,11 +82,64 @@ def split(items, parts):
     return runs
 
 
-def run(tasks):
+class Choice:
+    """One op's measured choice between running its lanes at once and one
+    after another (see above): the first calls alternate after a warm-up
+    call, then the faster way runs, and every PROBE-th call the other one,
+    each judged by the median of its last KEEP times. A change in the number
+    of lanes starts the measuring again."""
+
+    WARMUP = 1        # calls not timed (buffers made, plans worked out)
+    TRIALS = 3        # timed calls each way before choosing
+    PROBE = 16
+    KEEP = 5
+
+    def __init__(self):
+        self._lanes = 0
+
+    def _reset(self, lanes):
+        self._lanes, self._calls = lanes, 0
+        self._times = {True: collections.deque(maxlen=self.KEEP), False: collections.deque(maxlen=self.KEEP)}
+
+    def parallel(self, lanes):
+        """Whether the next call with `lanes` lanes runs them at once."""
+        if lanes != self._lanes:
+            self._reset(lanes)
+        self._calls += 1
+        calls = self._calls - self.WARMUP
+        if calls <= 0:
+            return True
+        if calls <= 2 * self.TRIALS:
+            return calls % 2 == 1
+        best = self.best()
+        return best if calls % self.PROBE else not best
+
+    def best(self):
+        """The way that is faster so far (at once: True)."""
+        at_once, serial = (statistics.median(self._times[k]) if self._times[k] else 0.0 for k in (True, False))
+        return at_once <= serial
+
+    def record(self, parallel, seconds):
+        if self._calls > self.WARMUP:
+            self._times[parallel].append(seconds)
+
+
+def run(tasks, choice=None):
     """Call every task (no arguments), the first on this thread and the rest
-    on the pool. Re-raises the first task's error."""
+    on the pool, or all on this thread in order where `choice` (a Choice)
+    measured that to be faster. Re-raises the first task's error."""
     if len(tasks) == 1:
         return [tasks[0]()]
+    if choice is None or not MEASURED:
+        return _on_pool(tasks)
+    parallel = choice.parallel(len(tasks))
+    start = time.perf_counter()
+    results = _on_pool(tasks) if parallel else [task() for task in tasks]
+    choice.record(parallel, time.perf_counter() - start)
+    return results
+
+
+def _on_pool(tasks):
     with _lock:
         if _state["pool_size"] < len(tasks) - 1:
             if _state["pool"] is not None:
