@@ -17,7 +17,12 @@ iterations in a fresh process of its own, and its peak resident memory
 (VmHWM) above what it held after its imports is printed.
 
     .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick,cifar10_full,caffenet]
-        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread]
+        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads]
+
+With --before-threads a third runner takes part in the rounds: pycaffe_dist
+with issue #8's thread paths switched off (every split op runs its lanes at
+once, chunks and pooling blocks at their one-thread sizes, pooling on the
+calling thread), so before and after are measured in the same process.
 """
 import argparse
 import json
@@ -54,6 +59,27 @@ def pycaffe_solver(name):
 def pycaffe_step(name):
     solver = pycaffe_solver(name)
     return lambda: solver.step(1), solver.net
+
+
+# issue #8's thread paths: (module in pycaffe_dist.ops, setting, value before)
+THREAD_SWITCHES = (("threads", "MEASURED", False), ("conv", "LANE_COLUMN_SCALE", 1),
+                   ("pooling", "THREADED", False), ("pooling", "LANE_BLOCK_SCALE", 1))
+
+
+def before_threads(run):
+    """`run` with THREAD_SWITCHES at their old values."""
+    from pycaffe_dist import ops
+
+    def step():
+        saved = [getattr(getattr(ops, m), k) for m, k, _ in THREAD_SWITCHES]
+        for m, k, old in THREAD_SWITCHES:
+            setattr(getattr(ops, m), k, old)
+        try:
+            run()
+        finally:
+            for (m, k, _), value in zip(THREAD_SWITCHES, saved):
+                setattr(getattr(ops, m), k, value)
+    return step
 
 
 def torch_step(name):
@@ -105,7 +131,7 @@ def sgemm_rate(threads, clock=time.perf_counter):
     return 2 * 1024 ** 3 / best
 
 
-def worker(nets, steps, rounds, clock_name):
+def worker(nets, steps, rounds, clock_name, before=False):
     import torch
     threads = int(os.environ["OMP_NUM_THREADS"])
     # CPU time of this thread: at one thread both frameworks do all their
@@ -116,6 +142,8 @@ def worker(nets, steps, rounds, clock_name):
     for name in nets:
         py_run, net = pycaffe_step(name)
         runners = {"pycaffe_dist": py_run, "pytorch": torch_step(name)}
+        if before:
+            runners["before"] = before_threads(pycaffe_step(name)[0])
         times = {k: [] for k in runners}
         for run in runners.values():       # warm-up: allocation, first-call costs
             for _ in range(3):
@@ -178,12 +206,14 @@ def main():
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="thread: time 1-thread runs in thread CPU time (less disturbed on a busy machine)")
     ap.add_argument("--memory", action="store_true", help="also peak resident memory, each framework alone")
+    ap.add_argument("--before-threads", action="store_true",
+                    help="also pycaffe_dist with issue #8's thread paths off, in the same rounds")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     nets = args.nets.split(",")
     if args.worker:
-        worker(nets, args.steps, args.rounds, args.clock)
+        worker(nets, args.steps, args.rounds, args.clock, args.before_threads)
         return 0
     if args.memory_worker:
         memory_worker(args.memory_worker, nets[0])
@@ -192,13 +222,18 @@ def main():
         "net", "threads", "ours ms", "torch ms", "ratio", "GFLOP", "sgemm", "floor ms", "ours", "torch")
     if args.memory:
         head += " %9s %9s" % ("ours MiB", "torch MiB")
+    if args.before_threads:
+        head += " %10s %6s" % ("before ms", "ratio")
     print(head)
     print("%-14s %7s %10s %10s %6s %8s %7s %9s %7s %7s" % ("", "", "", "", "", "/iter", "GFLOP/s", "",
                                                            "floor/t", "floor/t"))
+    by_threads = {}
     for threads in args.threads.split(","):
         load = os.getloadavg()[0]
         found = _child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
-                        "--rounds", str(args.rounds), "--clock", args.clock], threads)
+                        "--rounds", str(args.rounds), "--clock", args.clock]
+                       + ["--before-threads"] * args.before_threads, threads)
+        by_threads[threads] = found
         for name, r in found.items():
             floor = r["gflop"] / r["sgemm"] * 1000
             line = "%-14s %7s %10.2f %10.2f %6.2f %8.2f %7.1f %9.2f %7.2f %7.2f" % (
@@ -208,9 +243,18 @@ def main():
                 peaks = [_child(["--memory-worker", framework, "--nets", name], threads)["peak"] / 2 ** 20
                          for framework in ("pycaffe_dist", "pytorch")]
                 line += " %9.1f %9.1f" % tuple(peaks)
+            if args.before_threads:
+                line += " %10.2f %6.2f" % (r["before"], r["before"] / r["pytorch"])
             print(line, flush=True)
         print("# threads %s: load average %.2f at start, %.2f at end" % (threads, load, os.getloadavg()[0]),
               flush=True)
+    counts = list(by_threads)
+    if len(counts) > 1:     # speed-up of the last thread count over the first, per runner
+        first, last = by_threads[counts[0]], by_threads[counts[-1]]
+        for name in first:
+            print("# %s: %s threads over %s: " % (name, counts[-1], counts[0]) + ", ".join(
+                "%s %.2fx" % (runner, first[name][runner] / last[name][runner])
+                for runner in ("pycaffe_dist", "before", "pytorch") if runner in first[name]))
     return 0
 
 

@@ -31,7 +31,6 @@ are combined in are the same either way, so the choice changes no bit.
 """
 import collections
 import concurrent.futures
-import statistics
 import threading
 import time
 
@@ -86,8 +85,9 @@ class Choice:
     """One op's measured choice between running its lanes at once and one
     after another (see above): the first calls alternate after a warm-up
     call, then the faster way runs, and every PROBE-th call the other one,
-    each judged by the median of its last KEEP times. A change in the number
-    of lanes starts the measuring again."""
+    each judged by the least of its last KEEP times (another job on the
+    machine only ever adds time, so the least is the way's own cost). A
+    change in the number of lanes starts the measuring again."""
 
     WARMUP = 1        # calls not timed (buffers made, plans worked out)
     TRIALS = 3        # timed calls each way before choosing
@@ -116,7 +116,7 @@ class Choice:
 
     def best(self):
         """The way that is faster so far (at once: True)."""
-        at_once, serial = (statistics.median(self._times[k]) if self._times[k] else 0.0 for k in (True, False))
+        at_once, serial = (min(self._times[k], default=0.0) for k in (True, False))
         return at_once <= serial
 
     def record(self, parallel, seconds):
