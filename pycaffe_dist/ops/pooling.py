@@ -25,6 +25,7 @@ Average pooling (average_pooling.py) uses the same two stages with sums.
 """
 import copy
 import functools
+import time
 
 import numpy
 
@@ -114,10 +115,10 @@ class TwoStage:
 
     The planes go in blocks of PLANE_BLOCK_BYTES of input, so a block's
     buffers stay in cache through the dozen ops that touch them (on a GPU one
-    block holds everything). The blocks are split over ops.threads' threads;
-    each thread works through a copy of the op that shares its geometry and
-    `workspace` (the masks: every block writes its own planes of them) but
-    has its own `scratch` buffers.
+    block holds everything). The blocks may be split over ops.threads'
+    threads; each thread works through a copy of the op that shares its
+    geometry and `workspace` (the masks: every block writes its own planes
+    of them) but has its own `scratch` buffers.
     """
 
     def __init__(self, geometry):
@@ -129,21 +130,31 @@ class TwoStage:
 
     def _each_block(self, xp, nc, itemsize, body):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
-        `block` is the longest block's length and `op` the thread's copy."""
+        `block` is the longest block's length and `op` the thread's copy.
+
+        A block's result does not depend on which block or thread it is
+        in, so the Choice here is between the one-thread way (this op,
+        PLANE_BLOCK_BYTES blocks) and the lanes at once (copies of the op,
+        blocks LANE_BLOCK_SCALE times larger); each keeps its own buffers."""
         lanes = threads.count(xp) if THREADED else 1
-        blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if lanes > 1 else 1)
-        count = min(lanes, len(blocks))
-        while len(self._copies) < count - 1:
-            lane = copy.copy(self)
-            lane.scratch, lane._copies, lane._choices = Workspace(), [], {}
-            self._copies.append(lane)
-        choice = self._choices.setdefault(body.__name__, threads.Choice())
+        choice = self._choices.setdefault(body.__name__, threads.Choice()) if lanes > 1 else None
+        at_once = choice is not None and (not threads.MEASURED or choice.parallel(lanes))
+        blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
+        ops = [self]
+        if at_once:
+            while len(self._copies) < lanes:
+                lane = copy.copy(self)
+                lane.scratch, lane._copies, lane._choices = Workspace(), [], {}
+                self._copies.append(lane)
+            ops = self._copies[:min(lanes, len(blocks))]
 
         def work(op, run):
             for p0, p1 in run:
                 body(op, p0, p1, block)
-        threads.run([functools.partial(work, op, run)
-                     for op, run in zip([self] + self._copies, threads.split(blocks, count))], choice)
+        start = time.perf_counter()
+        threads.run([functools.partial(work, op, run) for op, run in zip(ops, threads.split(blocks, len(ops)))])
+        if choice is not None and threads.MEASURED:
+            choice.record(at_once, time.perf_counter() - start)
 
     @staticmethod
     def _planes(x):

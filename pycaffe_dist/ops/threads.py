@@ -83,13 +83,14 @@ def split(items, parts):
 
 class Choice:
     """One op's measured choice between running its lanes at once and one
-    after another (see above): the first calls alternate after a warm-up
-    call, then the faster way runs, and every PROBE-th call the other one,
-    each judged by the least of its last KEEP times (another job on the
-    machine only ever adds time, so the least is the way's own cost). A
-    change in the number of lanes starts the measuring again."""
+    after another (see above): the first calls alternate, starting at once
+    (the first of each way untimed: it makes that way's buffers), then the
+    faster way runs, and every PROBE-th call the other one, each judged by
+    the least of its last KEEP times (another job on the machine only ever
+    adds time, so the least is the way's own cost). A change in the number
+    of lanes starts the measuring again."""
 
-    WARMUP = 1        # calls not timed (buffers made, plans worked out)
+    WARMUP = 2        # calls not timed, one each way
     TRIALS = 3        # timed calls each way before choosing
     PROBE = 16
     KEEP = 5
@@ -106,13 +107,10 @@ class Choice:
         if lanes != self._lanes:
             self._reset(lanes)
         self._calls += 1
-        calls = self._calls - self.WARMUP
-        if calls <= 0:
-            return True
-        if calls <= 2 * self.TRIALS:
-            return calls % 2 == 1
+        if self._calls <= self.WARMUP + 2 * self.TRIALS:
+            return self._calls % 2 == 1
         best = self.best()
-        return best if calls % self.PROBE else not best
+        return best if self._calls % self.PROBE else not best
 
     def best(self):
         """The way that is faster so far (at once: True)."""
