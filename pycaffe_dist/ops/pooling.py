@@ -101,13 +101,15 @@ class PoolGeometry:
 
 # Pooling's blocks are split over the ops' threads only where that measures
 # faster (ops.threads.Choice). Run as a dozen short numpy passes per 256 KB
-# block, the two lanes queued for the GIL and ran slower than one thread on
-# two idle cores (cifar10_quick pool1 forward/backward 9.5-10.1 /
-# 14.6-15.3 ms on one thread, 13.8-14.1 / 21.9-22.2 ms on two); with more
-# than one lane a block holds LANE_BLOCK_SCALE times as many planes, so
-# there are fewer, longer calls. False: always on the calling thread.
+# block, the two lanes queue for the GIL: on two idle cores they ran slower
+# than one thread (cifar10_quick pool1 forward/backward 9.5-10.1 /
+# 14.6-15.3 ms on one thread, 13.8-14.1 / 21.9-22.2 ms on two). Bigger
+# blocks for the lanes (LANE_BLOCK_SCALE) measured slower still (best of
+# 12 at load 4.5, pool1 at two threads: 6.8/10.1 ms with 256 KB blocks,
+# 7.8/14.6 with 1 MB, 9.8/19.9 with 2 MB; 6.8/11.6 on one thread).
+# False: always on the calling thread.
 THREADED = True
-LANE_BLOCK_SCALE = 4
+LANE_BLOCK_SCALE = 1
 
 
 class TwoStage:
