@@ -70,6 +70,14 @@ def count(xp=numpy):
     return _state["threads"] or 1
 
 
+def set_count(threads):
+    """Let the ops use `threads` threads from now on (BLAS stays at one),
+    where threadpoolctl is found; for benchmarks that compare counts in one
+    process."""
+    count()
+    _state["threads"] = max(1, int(threads))
+
+
 def split(items, parts):
     """`items` cut into `parts` contiguous runs of nearly equal length."""
     size, extra = divmod(len(items), parts)
