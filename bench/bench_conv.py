@@ -21,7 +21,7 @@ With --steps lenet,cifar10_quick, --compare times whole training steps
 
 --ways (issue #8, two cores) alternates, in one process, each layer at one
 thread and at two threads run several ways: lanes at once with one-thread
-chunks, lanes at once with conv.LANE_COLUMN_SCALE-times chunks, the same
+chunks, with twice those, with conv.LANE_COLUMN_SCALE-times chunks, the same
 lanes in turn on the calling thread, and as ops.threads.Choice picks;
 wall-clock medians (--stat min: the least, which other jobs disturb less).
 
@@ -187,7 +187,8 @@ def ways(layers, rounds, stat):
     from pycaffe_dist.ops import conv, threads
     scale, at_once = conv.LANE_COLUMN_SCALE, threads.Choice.parallel
     # (label, threads, chunk scale, way: True at once, False in turn, None as the Choice picks)
-    variants = [("1 thread", 1, 1, None), ("at once 1x", 2, 1, True), ("at once %dx" % scale, 2, scale, True),
+    variants = [("1 thread", 1, 1, None), ("at once 1x", 2, 1, True), ("at once 2x", 2, 2, True),
+                ("at once %dx" % scale, 2, scale, True),
                 ("in turn %dx" % scale, 2, scale, False), ("measured", 2, scale, None)]
     print("%-15s" % "layer" + "".join("%20s" % v[0] for v in variants))
     print("%-15s" % "" + "   fwd ms   bwd ms " * len(variants))
