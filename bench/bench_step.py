@@ -17,7 +17,7 @@ iterations in a fresh process of its own, and its peak resident memory
 (VmHWM) above what it held after its imports is printed.
 
     .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick,cifar10_full,caffenet]
-        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads]
+        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads] [--interleave [--stat min]]
 
 With --before-threads a third runner takes part in the rounds: pycaffe_dist
 with issue #8's thread paths switched off (every split op runs its lanes at
@@ -144,7 +144,7 @@ def warmup_steps(framework):
     return max(3, Choice.WARMUP + 2 * Choice.TRIALS)
 
 
-def interleaved_worker(nets, counts, steps, rounds, before=False):
+def interleaved_worker(nets, counts, steps, rounds, before=False, stat="median"):
     """Every (framework, thread count) in one process, alternating in rounds;
     {count: {net: {runner: ms, "gflop", "sgemm"}}}, as the per-count workers give."""
     import torch
@@ -179,7 +179,8 @@ def interleaved_worker(nets, counts, steps, rounds, before=False):
                     run()
                     times[key].append(time.perf_counter() - t)
         for c in counts:
-            found = {framework: statistics.median(v) * 1000 for (k, framework), v in times.items() if k == c}
+            pick = min if stat == "min" else statistics.median
+            found = {framework: pick(v) * 1000 for (k, framework), v in times.items() if k == c}
             op_threads.set_count(1)
             found["gflop"] = gemm_flops(net) / 1e9
             found["sgemm"] = sgemm_rate(c) / 1e9
@@ -267,6 +268,8 @@ def main():
                     help="also pycaffe_dist with issue #8's thread paths off, in the same rounds")
     ap.add_argument("--interleave", action="store_true",
                     help="all thread counts in one process, alternating in the same rounds")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="with --interleave: each runner's median or least time (other jobs only add time)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--interleaved-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
@@ -277,7 +280,7 @@ def main():
         return 0
     if args.interleaved_worker:
         interleaved_worker(nets, [int(c) for c in args.threads.split(",")], args.steps, args.rounds,
-                           args.before_threads)
+                           args.before_threads, args.stat)
         return 0
     if args.memory_worker:
         memory_worker(args.memory_worker, nets[0])
@@ -295,7 +298,7 @@ def main():
     if args.interleave:
         load = os.getloadavg()[0]
         everything = _child(["--interleaved-worker", "--threads", args.threads, "--nets", args.nets,
-                             "--steps", str(args.steps), "--rounds", str(args.rounds)]
+                             "--steps", str(args.steps), "--rounds", str(args.rounds), "--stat", args.stat]
                             + ["--before-threads"] * args.before_threads,
                             str(max(int(c) for c in args.threads.split(","))))
     for threads in args.threads.split(","):
