@@ -31,6 +31,7 @@ are combined in are the same either way, so the choice changes no bit.
 """
 import collections
 import concurrent.futures
+import statistics
 import threading
 import time
 
@@ -91,12 +92,13 @@ def split(items, parts):
 
 class Choice:
     """One op's measured choice between running its lanes at once and one
-    after another (see above): the first calls alternate, starting at once
-    (the first of each way untimed: it makes that way's buffers), then the
-    faster way runs, and every PROBE-th call the other one, each judged by
-    the least of its last KEEP times (another job on the machine only ever
-    adds time, so the least is the way's own cost). A change in the number
-    of lanes starts the measuring again."""
+    after another (see above). The first calls alternate, starting at once
+    (the first of each way untimed: it makes that way's buffers); then the
+    faster way runs, and every PROBE-th call the other one. Ways are
+    compared in pairs of consecutive calls, one each way (time at once over
+    time in turn), so a load that changes from second to second weighs on
+    both sides of a pair alike; the median of the last KEEP pairs decides.
+    A change in the number of lanes starts the measuring again."""
 
     WARMUP = 2        # calls not timed, one each way
     TRIALS = 3        # timed calls each way before choosing
@@ -108,7 +110,8 @@ class Choice:
 
     def _reset(self, lanes):
         self._lanes, self._calls = lanes, 0
-        self._times = {True: collections.deque(maxlen=self.KEEP), False: collections.deque(maxlen=self.KEEP)}
+        self._last = {}                                   # way -> (call number, seconds)
+        self._ratios = collections.deque(maxlen=self.KEEP)
 
     def parallel(self, lanes):
         """Whether the next call with `lanes` lanes runs them at once."""
@@ -122,12 +125,16 @@ class Choice:
 
     def best(self):
         """The way that is faster so far (at once: True)."""
-        at_once, serial = (min(self._times[k], default=0.0) for k in (True, False))
-        return at_once <= serial
+        return statistics.median(self._ratios) <= 1.0 if self._ratios else True
 
     def record(self, parallel, seconds):
-        if self._calls > self.WARMUP:
-            self._times[parallel].append(seconds)
+        if self._calls <= self.WARMUP:
+            return
+        other = self._last.get(not parallel)
+        if other is not None and other[0] == self._calls - 1:     # a pair
+            at_once, in_turn = (seconds, other[1]) if parallel else (other[1], seconds)
+            self._ratios.append(at_once / max(in_turn, 1e-9))
+        self._last[parallel] = (self._calls, seconds)
 
 
 def run(tasks, choice=None):
