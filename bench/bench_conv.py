@@ -22,8 +22,15 @@ y (conv_columns.DIRECT_OUTPUTS) switched off, and prints new/old per pass.
 With --steps lenet,cifar10_quick, --compare (or --winograd) times whole
 training steps (bench_step.py's nets and solver) instead of single layers.
 
+--ways (issue #8, two cores) alternates, in one process, each layer at one
+thread and at two threads run several ways: lanes at once with one-thread
+chunks, with twice those, with conv.LANE_COLUMN_SCALE-times chunks, the same
+lanes in turn on the calling thread, and as ops.threads.Choice picks;
+wall-clock medians (--stat min: the least, which other jobs disturb less).
+
     .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare | --winograd]
         [--layers lenet/conv1,...] [--caffenet] [--steps lenet,cifar10_quick]
+    .venv/bin/python bench/bench_conv.py --ways [--stat min] [--caffenet]
 """
 import argparse
 import os
@@ -34,6 +41,8 @@ import time
 THREADS = "1"
 if "--threads" in sys.argv[1:-1]:
     THREADS = sys.argv[sys.argv.index("--threads") + 1]
+if "--ways" in sys.argv[1:]:
+    THREADS = "2"
 os.environ.setdefault("OMP_NUM_THREADS", THREADS)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", THREADS)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,6 +184,47 @@ def compare_steps(nets, rounds, clock):
         print("%-15s %9.2f %9.2f %9.3f" % (net, median_ms(times[0]), median_ms(times[1]), statistics.median(ratios)))
 
 
+def _forced(parallel, way):
+    """Choice.parallel that always answers `way` (and still counts the call, as record() expects)."""
+    def forced(self, lanes):
+        parallel(self, lanes)
+        return way
+    return forced
+
+
+def ways(layers, rounds, stat):
+    """Each layer at one thread and at two threads several ways (see above)."""
+    from pycaffe_dist.ops import conv, threads
+    scale, at_once = conv.LANE_COLUMN_SCALE, threads.Choice.parallel
+    # (label, threads, chunk scale, way: True at once, False in turn, None as the Choice picks)
+    variants = [("1 thread", 1, 1, None), ("at once 1x", 2, 1, True), ("at once 2x", 2, 2, True),
+                ("at once %dx" % scale, 2, scale, True),
+                ("in turn %dx" % scale, 2, scale, False), ("measured", 2, scale, None)]
+    print("%-15s" % "layer" + "".join("%20s" % v[0] for v in variants))
+    print("%-15s" % "" + "   fwd ms   bwd ms " * len(variants))
+    for name, shape in layers.items():
+        passes = [ours(*shape)[:2] for _ in variants]
+        times = [([], []) for _ in variants]
+        for r in range(rounds + 3):
+            for (_, count, chunks, way), (f, b), (tf, tb) in zip(variants, passes, times):
+                threads.set_count(count)
+                conv.LANE_COLUMN_SCALE = chunks
+                threads.Choice.parallel = at_once if way is None else _forced(at_once, way)
+                try:
+                    start = time.perf_counter()
+                    f()
+                    middle = time.perf_counter()
+                    b()
+                    end = time.perf_counter()
+                finally:
+                    threads.Choice.parallel, conv.LANE_COLUMN_SCALE = at_once, scale
+                if r >= 3:      # the Choice's untimed calls and first trials
+                    tf.append(middle - start)
+                    tb.append(end - middle)
+        print("%-15s" % name + "".join("  %7.2f  %7.2f " % (stat(tf) * 1e3, stat(tb) * 1e3) for tf, tb in times),
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
@@ -184,6 +234,8 @@ def main():
     ap.add_argument("--caffenet", action="store_true", help="CaffeNet's convolutions too (batch 16)")
     ap.add_argument("--layers", default="", help="comma-separated names (default: all)")
     ap.add_argument("--steps", default="", help="with --compare: whole training steps of these nets instead")
+    ap.add_argument("--ways", action="store_true", help="one thread against two threads run several ways")
+    ap.add_argument("--stat", choices=("median", "min"), default="median", help="with --ways")
     args = ap.parse_args()
     if args.winograd:
         global SWITCHES
@@ -192,6 +244,11 @@ def main():
     layers = dict(LAYERS, **(CAFFENET if args.caffenet else {}))
     if args.layers:
         layers = {name: {**LAYERS, **CAFFENET}[name] for name in args.layers.split(",")}
+    if args.ways:
+        print("wall ms (%s), load %.1f" % (args.stat, os.getloadavg()[0]))
+        ways(layers, args.rounds, min if args.stat == "min" else statistics.median)
+        print("load %.1f at the end" % os.getloadavg()[0])
+        return 0
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     print("threads %d, %s, load %.1f" % (args.threads, "thread CPU ms" if args.threads == 1 else "wall ms",
                                         os.getloadavg()[0]))

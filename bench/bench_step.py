@@ -17,7 +17,16 @@ iterations in a fresh process of its own, and its peak resident memory
 (VmHWM) above what it held after its imports is printed.
 
     .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick,cifar10_full,caffenet]
-        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread]
+        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads] [--interleave [--stat min]]
+
+With --before-threads a third runner takes part in the rounds: pycaffe_dist
+with issue #8's thread paths switched off (every split op runs its lanes at
+once, chunks and pooling blocks at their one-thread sizes, pooling on the
+calling thread), so before and after are measured in the same process.
+With --interleave every thread count runs in one process (OMP/OpenBLAS set
+to the largest, each framework switched between counts at run time), all
+runners alternating in the same rounds: the fairest 2-thread/1-thread
+comparison on a machine whose load changes by the minute.
 """
 import argparse
 import json
@@ -54,6 +63,27 @@ def pycaffe_solver(name):
 def pycaffe_step(name):
     solver = pycaffe_solver(name)
     return lambda: solver.step(1), solver.net
+
+
+# issue #8's thread paths: (module in pycaffe_dist.ops, setting, value before)
+THREAD_SWITCHES = (("threads", "MEASURED", False), ("conv", "LANE_COLUMN_SCALE", 1),
+                   ("pooling", "THREADED", False), ("pooling", "LANE_BLOCK_SCALE", 1))
+
+
+def before_threads(run):
+    """`run` with THREAD_SWITCHES at their old values."""
+    from pycaffe_dist import ops
+
+    def step():
+        saved = [getattr(getattr(ops, m), k) for m, k, _ in THREAD_SWITCHES]
+        for m, k, old in THREAD_SWITCHES:
+            setattr(getattr(ops, m), k, old)
+        try:
+            run()
+        finally:
+            for (m, k, _), value in zip(THREAD_SWITCHES, saved):
+                setattr(getattr(ops, m), k, value)
+    return step
 
 
 def torch_step(name):
@@ -105,7 +135,61 @@ def sgemm_rate(threads, clock=time.perf_counter):
     return 2 * 1024 ** 3 / best
 
 
-def worker(nets, steps, rounds, clock_name):
+def warmup_steps(framework):
+    """Untimed steps first: allocation and first-call costs, and for
+    pycaffe_dist the calls its ops' threads.Choice measures before choosing."""
+    if framework == "pytorch":
+        return 3
+    from pycaffe_dist.ops.threads import Choice
+    return max(3, Choice.WARMUP + 2 * Choice.TRIALS)
+
+
+def interleaved_worker(nets, counts, steps, rounds, before=False, stat="median"):
+    """Every (framework, thread count) in one process, alternating in rounds;
+    {count: {net: {runner: ms, "gflop", "sgemm"}}}, as the per-count workers give."""
+    import torch
+    from pycaffe_dist.ops import threads as op_threads
+
+    def at(count, run, framework):
+        def step():
+            if framework == "pytorch":
+                torch.set_num_threads(count)
+            else:
+                op_threads.set_count(count)
+            run()
+        return step
+    results = {str(c): {} for c in counts}
+    for name in nets:
+        runners, net = {}, None
+        for c in counts:
+            py_run, net = pycaffe_step(name)
+            runners[(c, "pycaffe_dist")] = at(c, py_run, "pycaffe_dist")
+            runners[(c, "pytorch")] = at(c, torch_step(name), "pytorch")
+            if before and c > 1:
+                runners[(c, "before")] = at(c, before_threads(pycaffe_step(name)[0]), "before")
+        times = {k: [] for k in runners}
+        for (_, framework), run in runners.items():
+            for _ in range(warmup_steps(framework)):
+                run()
+        per_round = max(1, int(steps * STEP_SCALE.get(name, 1.0)) // rounds)
+        for _ in range(rounds):
+            for key, run in runners.items():
+                for _ in range(per_round):
+                    t = time.perf_counter()
+                    run()
+                    times[key].append(time.perf_counter() - t)
+        for c in counts:
+            pick = min if stat == "min" else statistics.median
+            found = {framework: pick(v) * 1000 for (k, framework), v in times.items() if k == c}
+            op_threads.set_count(1)
+            found["gflop"] = gemm_flops(net) / 1e9
+            found["sgemm"] = sgemm_rate(c) / 1e9
+            results[str(c)][name] = found
+        del runners, net
+    print(json.dumps(results))
+
+
+def worker(nets, steps, rounds, clock_name, before=False):
     import torch
     threads = int(os.environ["OMP_NUM_THREADS"])
     # CPU time of this thread: at one thread both frameworks do all their
@@ -116,9 +200,11 @@ def worker(nets, steps, rounds, clock_name):
     for name in nets:
         py_run, net = pycaffe_step(name)
         runners = {"pycaffe_dist": py_run, "pytorch": torch_step(name)}
+        if before:
+            runners["before"] = before_threads(pycaffe_step(name)[0])
         times = {k: [] for k in runners}
-        for run in runners.values():       # warm-up: allocation, first-call costs
-            for _ in range(3):
+        for key, run in runners.items():
+            for _ in range(warmup_steps(key)):
                 run()
         per_round = max(1, int(steps * STEP_SCALE.get(name, 1.0)) // rounds)
         for _ in range(rounds):
@@ -178,12 +264,23 @@ def main():
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="thread: time 1-thread runs in thread CPU time (less disturbed on a busy machine)")
     ap.add_argument("--memory", action="store_true", help="also peak resident memory, each framework alone")
+    ap.add_argument("--before-threads", action="store_true",
+                    help="also pycaffe_dist with issue #8's thread paths off, in the same rounds")
+    ap.add_argument("--interleave", action="store_true",
+                    help="all thread counts in one process, alternating in the same rounds")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="with --interleave: each runner's median or least time (other jobs only add time)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--interleaved-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     nets = args.nets.split(",")
     if args.worker:
-        worker(nets, args.steps, args.rounds, args.clock)
+        worker(nets, args.steps, args.rounds, args.clock, args.before_threads)
+        return 0
+    if args.interleaved_worker:
+        interleaved_worker(nets, [int(c) for c in args.threads.split(",")], args.steps, args.rounds,
+                           args.before_threads, args.stat)
         return 0
     if args.memory_worker:
         memory_worker(args.memory_worker, nets[0])
@@ -192,13 +289,27 @@ def main():
         "net", "threads", "ours ms", "torch ms", "ratio", "GFLOP", "sgemm", "floor ms", "ours", "torch")
     if args.memory:
         head += " %9s %9s" % ("ours MiB", "torch MiB")
+    if args.before_threads:
+        head += " %10s %6s" % ("before ms", "ratio")
     print(head)
     print("%-14s %7s %10s %10s %6s %8s %7s %9s %7s %7s" % ("", "", "", "", "", "/iter", "GFLOP/s", "",
                                                            "floor/t", "floor/t"))
-    for threads in args.threads.split(","):
+    by_threads = {}
+    if args.interleave:
         load = os.getloadavg()[0]
-        found = _child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
-                        "--rounds", str(args.rounds), "--clock", args.clock], threads)
+        everything = _child(["--interleaved-worker", "--threads", args.threads, "--nets", args.nets,
+                             "--steps", str(args.steps), "--rounds", str(args.rounds), "--stat", args.stat]
+                            + ["--before-threads"] * args.before_threads,
+                            str(max(int(c) for c in args.threads.split(","))))
+    for threads in args.threads.split(","):
+        if args.interleave:
+            found = everything[threads]
+        else:
+            load = os.getloadavg()[0]
+            found = _child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
+                            "--rounds", str(args.rounds), "--clock", args.clock]
+                           + ["--before-threads"] * args.before_threads, threads)
+        by_threads[threads] = found
         for name, r in found.items():
             floor = r["gflop"] / r["sgemm"] * 1000
             line = "%-14s %7s %10.2f %10.2f %6.2f %8.2f %7.1f %9.2f %7.2f %7.2f" % (
@@ -208,9 +319,18 @@ def main():
                 peaks = [_child(["--memory-worker", framework, "--nets", name], threads)["peak"] / 2 ** 20
                          for framework in ("pycaffe_dist", "pytorch")]
                 line += " %9.1f %9.1f" % tuple(peaks)
+            if "before" in r:
+                line += " %10.2f %6.2f" % (r["before"], r["before"] / r["pytorch"])
             print(line, flush=True)
         print("# threads %s: load average %.2f at start, %.2f at end" % (threads, load, os.getloadavg()[0]),
               flush=True)
+    counts = list(by_threads)
+    if len(counts) > 1:     # speed-up of the last thread count over the first, per runner
+        first, last = by_threads[counts[0]], by_threads[counts[-1]]
+        for name in first:
+            print("# %s: %s threads over %s: " % (name, counts[-1], counts[0]) + ", ".join(
+                "%s %.2fx" % (runner, first[name][runner] / last[name][runner])
+                for runner in ("pycaffe_dist", "before", "pytorch") if runner in first[name]))
     return 0
 
 

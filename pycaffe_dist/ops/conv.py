@@ -41,6 +41,13 @@ from .workspace import Workspace
 # and the GEMM's other operands stay in cache.
 COLUMN_BYTES = 1 << 20
 
+# With more than one lane (ops.threads), a chunk may hold this many times
+# COLUMN_BYTES of columns: the lanes' numpy calls take turns at the GIL, and
+# fewer, longer calls wait less (cifar10_quick's conv2 at two threads:
+# 25.2/41.1 ms forward/backward with 1 MB chunks, 17.3/30.4 with 4 MB). At
+# one thread bigger chunks measured no faster.
+LANE_COLUMN_SCALE = 4
+
 # Backward of a stride-1 convolution whose input gradient is a channels-last
 # convolution takes the weight gradient from that one's dy columns instead
 # of rebuilding x's (False: rebuild, for comparisons in bench/bench_conv.py).
@@ -129,6 +136,14 @@ class Convolution:
         self._lanes = {}
         self._plans = {}
         self._winograd = None
+        self._choices = {}
+
+    def _choice(self, *key):
+        """The threads.Choice of one kind of call (forward; backward with
+        which gradients), made on first use."""
+        if key not in self._choices:
+            self._choices[key] = threads.Choice()
+        return self._choices[key]
 
     def _plan(self, x_shape, outputs, itemsize):
         """conv_cost's Plan for this input shape, worked out once."""
@@ -158,8 +173,8 @@ class Convolution:
         lane; and the longest range's length. On a GPU, one chunk."""
         if xp is not numpy:
             return [[(0, n)]], n
-        size = min(conv_cost.images_per_chunk(COLUMN_BYTES * (conv_cost.BATCH_LAST_SCALE
-                                                              if isinstance(p, BatchLast) else 1),
+        budget = COLUMN_BYTES * (LANE_COLUMN_SCALE if lanes > 1 else 1)
+        size = min(conv_cost.images_per_chunk(budget * (conv_cost.BATCH_LAST_SCALE if isinstance(p, BatchLast) else 1),
                                               p.image_bytes(itemsize), n) for p in passes)
         size = max(1, min(size, -(-n // lanes)))
         chunks = [(n0, min(n, n0 + size)) for n0 in range(0, n, size)]
@@ -209,7 +224,7 @@ class Convolution:
             for n0, n1 in run:
                 key = (address, n0, n1)
                 cols.forward(cols.build(cols.load(x, n0, n1, capacity, key), key), wmat, y[n0:n1], bias)
-        threads.run([functools.partial(lane, cols, run) for cols, run in zip(passes, runs)])
+        threads.run([functools.partial(lane, cols, run) for cols, run in zip(passes, runs)], self._choice("forward"))
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward);
@@ -272,8 +287,8 @@ class Convolution:
                     tcols.forward(tcol, twmat, dx[n0:n1], None)
                 elif col2im:
                     cols.col2im(dyc, wmat, dx[n0:n1], capacity)
-        threads.run([functools.partial(lane, cols, tcols, run)
-                     for cols, tcols, run in zip(forward, transpose, runs)])
+        threads.run([functools.partial(lane, cols, tcols, run) for cols, tcols, run in zip(forward, transpose, runs)],
+                    self._choice("backward", dweight is not None, dx is not None))
         if shared:
             acc = transpose[0].transposed_accumulator(weight.dtype, xp)
             for tcols in transpose[1:len(runs)]:

@@ -40,6 +40,7 @@ class InnerProduct:
 
     def __init__(self):
         self.workspace = Workspace()
+        self._choices = {name: threads.Choice() for name in ("forward", "input_grad", "weight_grad")}
 
     @staticmethod
     def _parts(xp, flops, columns):
@@ -56,16 +57,16 @@ class InnerProduct:
         xp = backend.get_array_module(x)
         wt = w if transpose else w.T                        # (K, N)
         parts = self._parts(xp, 2 * x.shape[0] * wt.shape[0] * wt.shape[1], wt.shape[1])
-        self._by_columns(xp, x, wt, y, parts, "forward")
+        self._by_columns(xp, x, wt, y, parts, self._choices["forward"], "forward")
 
     def input_grad(self, dy, w, dx, transpose):
         """dx = dy @ W (dy @ W^T with transpose)."""
         xp = backend.get_array_module(dy)
         wn = w.T if transpose else w                        # (N, K)
         parts = self._parts(xp, 2 * dy.shape[0] * wn.shape[0] * wn.shape[1], wn.shape[1])
-        self._by_columns(xp, dy, wn, dx, parts, "input_grad")
+        self._by_columns(xp, dy, wn, dx, parts, self._choices["input_grad"], "input_grad")
 
-    def _by_columns(self, xp, a, b, out, parts, name):
+    def _by_columns(self, xp, a, b, out, parts, choice, name):
         """out = a @ b, one run of out's columns per thread; `name` names the
         scratch of the transposed product."""
         if xp is not numpy or a.shape[0] > TRANSPOSED_ROWS:
@@ -73,11 +74,11 @@ class InnerProduct:
                 xp.matmul(a, b, out=out)
                 return
             threads.run([functools.partial(numpy.matmul, a, b[:, c0:c1], out=out[:, c0:c1])
-                         for c0, c1 in self._column_runs(b.shape[1], parts)])
+                         for c0, c1 in self._column_runs(b.shape[1], parts)], choice)
             return
         scratch = self.workspace.get(name, (b.shape[1], a.shape[0]), out.dtype, xp)
         threads.run([functools.partial(numpy.matmul, b[:, c0:c1].T, a.T, out=scratch[c0:c1])
-                     for c0, c1 in self._column_runs(b.shape[1], parts)])
+                     for c0, c1 in self._column_runs(b.shape[1], parts)], choice)
         numpy.copyto(out, scratch.T)
 
     def weight_grad(self, dy, x, diff, transpose, overwrite=False):
@@ -112,4 +113,4 @@ class InnerProduct:
                 target = diff[r0:r1]
                 target += part
         threads.run([functools.partial(work, lane, run)
-                     for lane, run in enumerate(threads.split(blocks, parts))])
+                     for lane, run in enumerate(threads.split(blocks, parts))], self._choices["weight_grad"])

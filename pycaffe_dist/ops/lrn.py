@@ -49,6 +49,7 @@ class LRN:
         self.across_channels = bool(across_channels)
         self.workspace = Workspace()
         self._saved_x = None
+        self._choices = {"forward": threads.Choice(), "backward": threads.Choice()}
 
     # -- window sums ---------------------------------------------------------------
     def _padded(self, xp, x, name):
@@ -95,13 +96,13 @@ class LRN:
     def _window(self):
         return self.size if self.across_channels else self.size * self.size
 
-    def _each_run(self, xp, x, body):
+    def _each_run(self, xp, x, body, choice):
         """body(n0, n1) over runs of images, one run per op thread (ops/threads.py);
         every step is elementwise within an image, so the split changes no result."""
         n = x.shape[0]
         parts = min(threads.count(xp), n) if x.size >= SPLIT_ELEMENTS else 1
         runs = [(r.start, r.stop) for r in threads.split(range(n), parts)]
-        threads.run([functools.partial(body, n0, n1) for n0, n1 in runs if n1 > n0])
+        threads.run([functools.partial(body, n0, n1) for n0, n1 in runs if n1 > n0], self._choices[choice])
 
     # -- the op --------------------------------------------------------------------------
     def forward(self, x, y):
@@ -132,7 +133,7 @@ class LRN:
             sc += shift
             negative_power(xp, sc, self.beta, powered[n0:n1], total[n0:n1])
             xp.multiply(xs, powered[n0:n1], out=y[n0:n1])
-        self._each_run(xp, x, run)
+        self._each_run(xp, x, run, "forward")
 
     def backward(self, dy, dx, x):
         """dx from dy; `x` is the bottom data of the forward pass (ignored
@@ -163,4 +164,4 @@ class LRN:
             tot *= factor
             xp.multiply(dys, powered[n0:n1], out=dx[n0:n1])
             dx[n0:n1] -= tot
-        self._each_run(xp, x, run)
+        self._each_run(xp, x, run, "backward")

@@ -25,6 +25,7 @@ Average pooling (average_pooling.py) uses the same two stages with sums.
 """
 import copy
 import functools
+import time
 
 import numpy
 
@@ -98,12 +99,17 @@ class PoolGeometry:
         return (i % sh) * self.phase_rows + oh + i // sh
 
 
-# Pooling's blocks stay on the calling thread. Split over two threads on two
-# idle cores they ran slower, not faster (the ops are a dozen short numpy
-# passes per block and the threads queue for the GIL between them): cifar10_quick
-# pool1 forward/backward 9.5-10.1 / 14.6-15.3 ms on one thread, 13.8-14.1 /
-# 21.9-22.2 ms on two; LeNet pool1 backward 1.3 -> 2.1-2.4 ms.
-THREADED = False
+# Pooling's blocks are split over the ops' threads only where that measures
+# faster (ops.threads.Choice). Run as a dozen short numpy passes per 256 KB
+# block, the two lanes queue for the GIL: on two idle cores they ran slower
+# than one thread (cifar10_quick pool1 forward/backward 9.5-10.1 /
+# 14.6-15.3 ms on one thread, 13.8-14.1 / 21.9-22.2 ms on two). Bigger
+# blocks for the lanes (LANE_BLOCK_SCALE) measured slower still (best of
+# 12 at load 4.5, pool1 at two threads: 6.8/10.1 ms with 256 KB blocks,
+# 7.8/14.6 with 1 MB, 9.8/19.9 with 2 MB; 6.8/11.6 on one thread).
+# False: always on the calling thread.
+THREADED = True
+LANE_BLOCK_SCALE = 1
 
 
 class TwoStage:
@@ -111,10 +117,10 @@ class TwoStage:
 
     The planes go in blocks of PLANE_BLOCK_BYTES of input, so a block's
     buffers stay in cache through the dozen ops that touch them (on a GPU one
-    block holds everything). The blocks are split over ops.threads' threads;
-    each thread works through a copy of the op that shares its geometry and
-    `workspace` (the masks: every block writes its own planes of them) but
-    has its own `scratch` buffers.
+    block holds everything). The blocks may be split over ops.threads'
+    threads; each thread works through a copy of the op that shares its
+    geometry and `workspace` (the masks: every block writes its own planes
+    of them) but has its own `scratch` buffers.
     """
 
     def __init__(self, geometry):
@@ -122,33 +128,46 @@ class TwoStage:
         self.workspace = Workspace()
         self.scratch = Workspace()
         self._copies = []
+        self._choices = {}
 
     def _each_block(self, xp, nc, itemsize, body):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
-        `block` is the longest block's length and `op` the thread's copy."""
-        blocks, block = self._blocks(xp, nc, itemsize)
-        count = min(threads.count(xp), len(blocks)) if THREADED else 1
-        while len(self._copies) < count - 1:
-            lane = copy.copy(self)
-            lane.scratch, lane._copies = Workspace(), []
-            self._copies.append(lane)
+        `block` is the longest block's length and `op` the thread's copy.
+
+        A block's result does not depend on which block or thread it is
+        in, so the Choice here is between the one-thread way (this op,
+        PLANE_BLOCK_BYTES blocks) and the lanes at once (copies of the op,
+        blocks LANE_BLOCK_SCALE times larger); each keeps its own buffers."""
+        lanes = threads.count(xp) if THREADED else 1
+        choice = self._choices.setdefault(body.__name__, threads.Choice()) if lanes > 1 else None
+        at_once = choice is not None and (not threads.MEASURED or choice.parallel(lanes))
+        blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
+        ops = [self]
+        if at_once:
+            while len(self._copies) < lanes:
+                lane = copy.copy(self)
+                lane.scratch, lane._copies, lane._choices = Workspace(), [], {}
+                self._copies.append(lane)
+            ops = self._copies[:min(lanes, len(blocks))]
 
         def work(op, run):
             for p0, p1 in run:
                 body(op, p0, p1, block)
-        threads.run([functools.partial(work, op, run)
-                     for op, run in zip([self] + self._copies, threads.split(blocks, count))])
+        start = time.perf_counter()
+        threads.run([functools.partial(work, op, run) for op, run in zip(ops, threads.split(blocks, len(ops)))])
+        if choice is not None and threads.MEASURED:
+            choice.record(at_once, time.perf_counter() - start)
 
     @staticmethod
     def _planes(x):
         n, c, h, w = x.shape
         return x.reshape(n * c, h, w)
 
-    def _blocks(self, xp, nc, itemsize):
+    def _blocks(self, xp, nc, itemsize, scale=1):
         g = self.geometry
         if xp is not numpy:
             return [(0, nc)], nc
-        size = max(1, PLANE_BLOCK_BYTES // (g.plane_size * g.stride[1] * itemsize))
+        size = max(1, scale * PLANE_BLOCK_BYTES // (g.plane_size * g.stride[1] * itemsize))
         return [(p0, min(nc, p0 + size)) for p0 in range(0, nc, size)], min(nc, size)
 
     def _phase_buffer(self, xp, name, block, dtype, fill=None):

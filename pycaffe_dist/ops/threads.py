@@ -20,11 +20,25 @@ limits BLAS while they train) always run serially.
 
 A given thread count always splits the same way, so its results are
 reproducible to the bit; one thread gives the serial order.
+
+Whether the split pays is measured, not assumed (issue #8): on two cores a
+split op can run slower than on one (its lanes queue for the GIL between
+short numpy calls, or another job holds the second core). So an op passes
+a Choice to run(), which times its calls both ways, its lanes on the pool
+or one after another on the calling thread, and keeps the faster, trying
+the other way again now and then. The lanes and the order their results
+are combined in are the same either way, so the choice changes no bit.
 """
+import collections
 import concurrent.futures
+import statistics
 import threading
+import time
 
 import numpy
+
+# False: a split op always runs its lanes at once (for comparisons in bench/).
+MEASURED = True
 
 _lock = threading.Lock()
 _state = {"blas": None, "pool": None, "pool_size": 0, "threads": 0}
@@ -57,6 +71,14 @@ def count(xp=numpy):
     return _state["threads"] or 1
 
 
+def set_count(threads):
+    """Let the ops use `threads` threads from now on (BLAS stays at one),
+    where threadpoolctl is found; for benchmarks that compare counts in one
+    process."""
+    count()
+    _state["threads"] = max(1, int(threads))
+
+
 def split(items, parts):
     """`items` cut into `parts` contiguous runs of nearly equal length."""
     size, extra = divmod(len(items), parts)
@@ -68,11 +90,69 @@ def split(items, parts):
     return runs
 
 
-def run(tasks):
+class Choice:
+    """One op's measured choice between running its lanes at once and one
+    after another (see above). The first calls alternate, starting at once
+    (the first of each way untimed: it makes that way's buffers); then the
+    faster way runs, and every PROBE-th call the other one. Ways are
+    compared in pairs of consecutive calls, one each way (time at once over
+    time in turn), so a load that changes from second to second weighs on
+    both sides of a pair alike; the median of the last KEEP pairs decides.
+    A change in the number of lanes starts the measuring again."""
+
+    WARMUP = 2        # calls not timed, one each way
+    TRIALS = 3        # timed calls each way before choosing
+    PROBE = 16
+    KEEP = 5
+
+    def __init__(self):
+        self._lanes = 0
+
+    def _reset(self, lanes):
+        self._lanes, self._calls = lanes, 0
+        self._last = {}                                   # way -> (call number, seconds)
+        self._ratios = collections.deque(maxlen=self.KEEP)
+
+    def parallel(self, lanes):
+        """Whether the next call with `lanes` lanes runs them at once."""
+        if lanes != self._lanes:
+            self._reset(lanes)
+        self._calls += 1
+        if self._calls <= self.WARMUP + 2 * self.TRIALS:
+            return self._calls % 2 == 1
+        best = self.best()
+        return best if self._calls % self.PROBE else not best
+
+    def best(self):
+        """The way that is faster so far (at once: True)."""
+        return statistics.median(self._ratios) <= 1.0 if self._ratios else True
+
+    def record(self, parallel, seconds):
+        if self._calls <= self.WARMUP:
+            return
+        other = self._last.get(not parallel)
+        if other is not None and other[0] == self._calls - 1:     # a pair
+            at_once, in_turn = (seconds, other[1]) if parallel else (other[1], seconds)
+            self._ratios.append(at_once / max(in_turn, 1e-9))
+        self._last[parallel] = (self._calls, seconds)
+
+
+def run(tasks, choice=None):
     """Call every task (no arguments), the first on this thread and the rest
-    on the pool. Re-raises the first task's error."""
+    on the pool, or all on this thread in order where `choice` (a Choice)
+    measured that to be faster. Re-raises the first task's error."""
     if len(tasks) == 1:
         return [tasks[0]()]
+    if choice is None or not MEASURED:
+        return _on_pool(tasks)
+    parallel = choice.parallel(len(tasks))
+    start = time.perf_counter()
+    results = _on_pool(tasks) if parallel else [task() for task in tasks]
+    choice.record(parallel, time.perf_counter() - start)
+    return results
+
+
+def _on_pool(tasks):
     with _lock:
         if _state["pool_size"] < len(tasks) - 1:
             if _state["pool"] is not None:

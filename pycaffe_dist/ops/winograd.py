@@ -158,6 +158,13 @@ class Winograd:
         self.r = geometry.kernel[0]
         self.a = self.m + self.r - 1
         self.workspace = Workspace()
+        self._choices = {}
+
+    def _choice(self, *key):
+        """The threads.Choice of one kind of call, made on first use."""
+        if key not in self._choices:
+            self._choices[key] = threads.Choice()
+        return self._choices[key]
 
     # -- buffers and chunks --------------------------------------------------
 
@@ -305,7 +312,7 @@ class Winograd:
                 mm = self._prefix(index, "m", (self.a * self.a, o, s.tiles), x.dtype)
                 numpy.matmul(u, self._by_group_last(v, c).swapaxes(2, 3), out=self._by_group(mm, o))
                 self._output_transform(index, mm, y[n0:n1], s, bias)
-        threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)])
+        threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)], self._choice("forward"))
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward)."""
@@ -340,7 +347,8 @@ class Winograd:
                     dv = self._prefix(index, "dv", (aa, s.tiles, c), dy.dtype)
                     numpy.matmul(dm.swapaxes(2, 3), u, out=self._by_group_last(dv, c))
                     self._input_grad_transform(index, dv, dx[n0:n1], s, capacity)
-        threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)])
+        threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)],
+                    self._choice("backward", dweight is not None, dx is not None))
         if dweight is not None:
             # Lane by lane in a fixed order: the same thread count, the same sum.
             total = accumulators[0]

@@ -98,6 +98,7 @@ class Solver:
         self.history = [xp.zeros(n, self.dtype) for _ in range(n_history)]
         self._blocks = _update_blocks(self.net.learnable, self.dtype.type)
         self._scratch = []                 # a block-sized buffer per thread the update runs on
+        self._update_choice = threads.Choice()   # its threads at once or one after another, as measured
         self._mults = None                 # per-element lr/decay multipliers, built for the GPU kernels only
         self.iteration_timer = time.time()
         self.last_test_scores = []
@@ -362,7 +363,7 @@ class Solver:
         runs = threads.split(self._blocks, min(threads.count(xp), len(self._blocks)) or 1)
         if len(self._scratch) != len(runs):
             self._scratch = [xp.empty(_BLOCK, self.dtype) for _ in runs]
-        threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, self._scratch)])
+        threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, self._scratch)], self._update_choice)
 
     def per_element_mults(self):
         """(lr_mult, decay_mult) as flat per-element arrays (the GPU update kernels read them)."""
