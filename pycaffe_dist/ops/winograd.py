@@ -40,6 +40,7 @@ buffer, the tiles back into y).
 """
 import functools
 import math
+import threading
 from fractions import Fraction
 
 import numpy
@@ -59,6 +60,19 @@ ENABLED = True
 # conv3 (3x3, 154) and conv4 (96) gain, conv5 (77) breaks even, the CIFAR
 # nets' 5x5 layers (16, 21) lose.
 MIN_DEPTH = {3: 80, 5: 30}
+
+# Every buffer of a Winograd call is scratch for that call only, so all the
+# Winograd layers a thread runs share one grow-only set (per lane): the
+# memory is the largest layer's, not the sum over layers.
+_LOCAL = threading.local()
+
+
+def _shared_workspace():
+    """The calling thread's Workspace for Winograd scratch."""
+    if getattr(_LOCAL, "workspace", None) is None:
+        _LOCAL.workspace = Workspace()
+    return _LOCAL.workspace
+
 
 # Interpolation points per tile size a (infinity is the a-th).
 _POINTS = {4: (0, 1, -1), 6: (0, 1, -1, 2, -2)}
@@ -157,7 +171,7 @@ class Winograd:
         self.m = int(m)
         self.r = geometry.kernel[0]
         self.a = self.m + self.r - 1
-        self.workspace = Workspace()
+        self.workspace = None          # the calling thread's shared one, set per call
         self._choices = {}
 
     def _choice(self, *key):
@@ -171,9 +185,6 @@ class Winograd:
     def _matrices(self, dtype):
         bt, g, at = matrices(self.m, self.r)
         return bt.astype(dtype), g, at.astype(dtype)
-
-    def _buffer(self, lane, name, shape, dtype, fill=None):
-        return self.workspace.get(f"{lane}:{name}", shape, dtype, numpy, fill)
 
     def _prefix(self, lane, name, shape, dtype):
         return self.workspace.prefix(f"{lane}:{name}", shape, dtype, numpy)
@@ -201,14 +212,14 @@ class Winograd:
         """U = G g G^T: (a*a, group, O/g, C/g), one GEMM by kron(G, G)."""
         o, cg = weight.shape[:2]
         _, g, _ = matrices(self.m, self.r)
-        u = self.workspace.get("u", (self.a * self.a, o * cg), weight.dtype, numpy)
+        u = self.workspace.prefix("u", (self.a * self.a, o * cg), weight.dtype, numpy)
         numpy.matmul(numpy.kron(g, g).astype(weight.dtype), weight.reshape(o * cg, -1).T, out=u)
         return u.reshape(-1, self.group, o // self.group, cg)
 
     def _add_weight_grad(self, du, dweight):
         """dW += G^T dU G, dU (a*a, O * C/g)."""
         _, g, _ = matrices(self.m, self.r)
-        grad = self.workspace.get("dw", (self.r * self.r, du.shape[1]), du.dtype, numpy)
+        grad = self.workspace.prefix("dw", (self.r * self.r, du.shape[1]), du.dtype, numpy)
         numpy.matmul(numpy.kron(g, g).T.astype(du.dtype), du, out=grad)
         dweight.reshape(du.shape[1], -1)[...] += grad.T
 
@@ -222,7 +233,7 @@ class Winograd:
 
     # -- transforms ----------------------------------------------------------
 
-    def _input_transform(self, lane, x, s, capacity):
+    def _input_transform(self, lane, x, s):
         """V (a*a, tiles, C) = B^T d B for every a x a tile of x's images:
         B^T down each tile's rows (a batched GEMM over a strided view of
         the padded input), the tiles' columns gathered, B^T across them
@@ -230,7 +241,11 @@ class Winograd:
         n, a, m = x.shape[0], self.a, self.m
         bt = self._matrices(x.dtype)[0]
         ph, pw = s.pad
-        xpad = self._buffer(lane, "xpad", (capacity, s.hp, s.wp, s.c), x.dtype, fill=0)[:n]
+        xpad = self._prefix(lane, "xpad", (n, s.hp, s.wp, s.c), x.dtype)
+        xpad[:, :ph] = 0                   # the padding (the buffer is shared: written each time)
+        xpad[:, ph + s.h:] = 0
+        xpad[:, ph:ph + s.h, :pw] = 0
+        xpad[:, ph:ph + s.h, pw + s.w:] = 0
         numpy.copyto(xpad[:, ph:ph + s.h, pw:pw + s.w], x.transpose(0, 2, 3, 1))
         rows = self._prefix(lane, "rows", (n, s.th, a, s.wp * s.c), x.dtype)
         numpy.matmul(bt, _windows(xpad.reshape(n, s.hp, -1), 1, a, m, s.th), out=rows)
@@ -275,7 +290,7 @@ class Winograd:
         numpy.matmul(numpy.kron(at, at).T, d.reshape(m * m, -1), out=dm.reshape(self.a * self.a, -1))
         return dm
 
-    def _input_grad_transform(self, lane, dv, dx, s, capacity):
+    def _input_grad_transform(self, lane, dv, dx, s):
         """dx = the interior of the sum over tiles of B dV B^T, each placed
         at its tile: dV (a*a, tiles, C). B across (one GEMM), the columns
         added into place, B down (a batched GEMM), the rows added into place."""
@@ -290,7 +305,7 @@ class Winograd:
         down = self._prefix(lane, "down", (n, s.th, a, s.wp * s.c), dv.dtype)
         numpy.matmul(b, placed.reshape(n, s.th, a, -1), out=down)
         down = down.reshape(n, s.th, a, s.wp, s.c)
-        dxpad = self._buffer(lane, "dxpad", (capacity, s.hp, s.wp, s.c), dv.dtype)[:n]
+        dxpad = self._prefix(lane, "dxpad", (n, s.hp, s.wp, s.c), dv.dtype)
         dxpad.fill(0)
         for row in range(a):
             dxpad[:, row:row + m * (s.th - 1) + 1:m] += down[:, :, row]
@@ -300,15 +315,16 @@ class Winograd:
     # -- passes --------------------------------------------------------------
 
     def forward(self, x, weight, bias, y):
+        self.workspace = _shared_workspace()
         n, c = x.shape[:2]
         o = weight.shape[0]
         u = self._transformed_weights(weight)
-        runs, capacity = self._runs(n, c, o, x.shape[2:], x.itemsize)
+        runs, _ = self._runs(n, c, o, x.shape[2:], x.itemsize)
 
         def lane(index, run):
             for n0, n1 in run:
                 s = self._shape(n1 - n0, c, o, x.shape[2:])
-                v = self._input_transform(index, x[n0:n1], s, capacity)
+                v = self._input_transform(index, x[n0:n1], s)
                 mm = self._prefix(index, "m", (self.a * self.a, o, s.tiles), x.dtype)
                 numpy.matmul(u, self._by_group_last(v, c).swapaxes(2, 3), out=self._by_group(mm, o))
                 self._output_transform(index, mm, y[n0:n1], s, bias)
@@ -325,28 +341,29 @@ class Winograd:
             dbias += dy.sum(axis=(0, 2, 3))
         if dweight is None and dx is None:
             return
+        self.workspace = _shared_workspace()
         n, c = x.shape[:2]
         o = weight.shape[0]
         g, aa = self.group, self.a * self.a
         u = self._transformed_weights(weight) if dx is not None else None
-        runs, capacity = self._runs(n, c, o, x.shape[2:], dy.itemsize)
+        runs, _ = self._runs(n, c, o, x.shape[2:], dy.itemsize)
         accumulators = [None] * len(runs)
 
         def lane(index, run):
             if dweight is not None:
-                acc = accumulators[index] = self._buffer(index, "du", (aa, g, o // g, c // g), weight.dtype)
+                acc = accumulators[index] = self._prefix(index, "du", (aa, g, o // g, c // g), weight.dtype)
                 acc.fill(0)
-                product = self._buffer(index, "du_chunk", acc.shape, acc.dtype)
+                product = self._prefix(index, "du_chunk", acc.shape, acc.dtype)
             for n0, n1 in run:
                 s = self._shape(n1 - n0, c, o, x.shape[2:])
                 dm = self._by_group(self._output_grad_transform(index, dy[n0:n1], s), o)
                 if dweight is not None:
-                    v = self._input_transform(index, x[n0:n1], s, capacity)
+                    v = self._input_transform(index, x[n0:n1], s)
                     acc += numpy.matmul(dm, self._by_group_last(v, c), out=product)
                 if dx is not None:
                     dv = self._prefix(index, "dv", (aa, s.tiles, c), dy.dtype)
                     numpy.matmul(dm.swapaxes(2, 3), u, out=self._by_group_last(dv, c))
-                    self._input_grad_transform(index, dv, dx[n0:n1], s, capacity)
+                    self._input_grad_transform(index, dv, dx[n0:n1], s)
         threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)],
                     self._choice("backward", dweight is not None, dx is not None))
         if dweight is not None:

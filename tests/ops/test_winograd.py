@@ -185,3 +185,26 @@ def test_layers_on_the_winograd_path_pass_gradient_checks_and_match_im2col(text,
         results.append([top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
     for got, want in zip(*results):
         numpy.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
+def test_layers_sharing_the_scratch_do_not_disturb_each_other():
+    """All Winograd ops on a thread share one set of buffers (the padded
+    input among them, whose border each call must zero again): two layers
+    of other shapes and pads, run in turn, give what each gives alone."""
+    rng = numpy.random.default_rng(11)
+    layers = []
+    for r, pad, c, o, size in ((5, 2, 8, 6, 9), (3, 0, 6, 4, 12), (3, 1, 4, 8, 7)):
+        geometry = ConvGeometry((r, r), (1, 1), (pad, pad), (1, 1))
+        x = rng.standard_normal((3, c, size, size))
+        w, b = rng.standard_normal((o, c, r, r)), rng.standard_normal(o)
+        dy = rng.standard_normal((3, o) + geometry.out_shape((size, size)))
+        layers.append((winograd.Winograd(geometry, 1, 2), x, w, b, dy, pad))
+    alone = []
+    for layer in layers:
+        winograd._LOCAL.workspace = None          # fresh buffers: this layer alone
+        alone.append(run(*layer[:5]))
+    for _ in range(2):
+        for (op, x, w, b, dy, pad), want in zip(layers, alone):
+            for got, expected in zip(run(op, x, w, b, dy), want):
+                assert numpy.array_equal(got, expected)
+            numpy.testing.assert_allclose(want[0], direct(x, w, b, pad, 1), rtol=1e-11, atol=1e-11)
