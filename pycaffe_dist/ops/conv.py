@@ -45,8 +45,12 @@ COLUMN_BYTES = 1 << 20
 # COLUMN_BYTES of columns: the lanes' numpy calls take turns at the GIL, and
 # fewer, longer calls wait less (cifar10_quick's conv2 at two threads:
 # 25.2/41.1 ms forward/backward with 1 MB chunks, 17.3/30.4 with 4 MB). At
-# one thread bigger chunks measured no faster.
-LANE_COLUMN_SCALE = 4
+# one thread bigger chunks measured no faster. Whole steps at two threads on
+# a quiet machine (bench_step.py): cifar10_quick / cifar10_full 1.95 / 1.81
+# of PyTorch's time at 1x, 1.81 / 1.73 at 2x, 1.77 / 1.76 at 4x; but 4x
+# took cifar10_quick's peak memory past PyTorch's (149 MiB against 147;
+# each layer keeps its columns per lane), 2x keeps it at 124.
+LANE_COLUMN_SCALE = 2
 
 # Backward of a stride-1 convolution whose input gradient is a channels-last
 # convolution takes the weight gradient from that one's dy columns instead
