@@ -14,10 +14,12 @@ tiles) data. Per output that is a*a/(m*m) multiply-adds instead of r*r:
     F(4x4, 3x3): 36/16 = 2.25 against 9
     F(2x2, 5x5): 36/4 = 9 against 25  (points 0, +-1, +-2 and infinity)
 
-less what the last partial tile of each row and column wastes. The
-transforms are sums of a few whole planes (every tile of a chunk in one
-numpy call), so they cost some passes over memory the size of the input
-and output.
+less what the last partial tile of each row and column wastes. Each
+transform is a small GEMM (a or m*m rows) over a strided view of every tile
+of a chunk at once, with a strided copies to gather or place the tiles'
+columns, so the transforms cost some passes over memory the size of the
+input and output; `depth` and MIN_DEPTH keep the path to layers whose
+GEMMs outweigh that. On the CPU only: CuPy arrays keep the im2col path.
 
 The gradients are the same linear maps transposed and stay in the
 transformed domain: dM = A dY A^T per tile; the input gradient is B (U^T dM)
@@ -160,7 +162,7 @@ class _Shape:
 
 class Winograd:
     """y = conv(x, weight) + bias and its gradients by F(m x m, r x r), with
-    buffers kept between calls. Same calling convention as
+    the scratch all Winograd layers on a thread share. Same calling convention as
     ops.conv.Convolution: x (N, C, H, W), weight (O, C/group, r, r), y (N, O,
     Ho, Wo); parameter gradients are added to the given diffs, dx is
     overwritten."""
