@@ -197,7 +197,7 @@ class Winograd:
     def _runs(self, n, channels, outputs, spatial, itemsize):
         """Image ranges of at most CHUNK_BYTES of transformed data, as many
         and as long for each thread, split into one contiguous run per
-        thread; and the longest range."""
+        thread."""
         probe = self._shape(1, channels, outputs, spatial)
         per_image = self.a * self.a * max(channels, outputs) * probe.th * probe.tw * itemsize
         lanes = min(threads.count(numpy), n)
@@ -208,7 +208,7 @@ class Winograd:
             length = min(n, start + per_lane) - start
             cuts = [start + length * k // chunks_per_lane for k in range(chunks_per_lane + 1)]
             runs.append([(a, b) for a, b in zip(cuts, cuts[1:]) if b > a])
-        return runs, max(b - a for run in runs for a, b in run)
+        return runs
 
     def _transformed_weights(self, weight):
         """U = G g G^T: (a*a, group, O/g, C/g), one GEMM by kron(G, G)."""
@@ -321,7 +321,7 @@ class Winograd:
         n, c = x.shape[:2]
         o = weight.shape[0]
         u = self._transformed_weights(weight)
-        runs, _ = self._runs(n, c, o, x.shape[2:], x.itemsize)
+        runs = self._runs(n, c, o, x.shape[2:], x.itemsize)
 
         def lane(index, run):
             for n0, n1 in run:
@@ -348,7 +348,7 @@ class Winograd:
         o = weight.shape[0]
         g, aa = self.group, self.a * self.a
         u = self._transformed_weights(weight) if dx is not None else None
-        runs, _ = self._runs(n, c, o, x.shape[2:], dy.itemsize)
+        runs = self._runs(n, c, o, x.shape[2:], dy.itemsize)
         accumulators = [None] * len(runs)
 
         def lane(index, run):
