@@ -109,6 +109,16 @@ def matrices(m, r):
     return bt_int, g, at
 
 
+@functools.lru_cache(maxsize=None)
+def _transforms(m, r, dtype):
+    """The matrices the passes multiply by, in `dtype`, made once: B^T, and
+    kron(G, G) and kron(A^T, A^T), which apply G and A^T along both axes of
+    a flattened tile in one product."""
+    bt, g, at = matrices(m, r)
+    dtype = numpy.dtype(dtype)
+    return bt.astype(dtype), numpy.kron(g, g).astype(dtype), numpy.kron(at, at).astype(dtype)
+
+
 def tile_size(geometry, group, channels, outputs, spatial):
     """m for F(m x m, r x r) when this convolution takes the Winograd path,
     else None: 2-D, a square 3x3 or 5x5 kernel, stride 1, no dilation, pad
@@ -151,7 +161,7 @@ class _Shape:
     def __init__(self, geometry, m, n, channels, outputs, spatial):
         r = geometry.kernel[0]
         self.m, self.a = m, m + r - 1
-        self.n, self.c, self.o = n, channels, outputs
+        self.c, self.o = channels, outputs
         self.h, self.w = spatial
         self.pad = geometry.pad
         self.ho, self.wo = geometry.out_shape(spatial)
@@ -184,9 +194,8 @@ class Winograd:
 
     # -- buffers and chunks --------------------------------------------------
 
-    def _matrices(self, dtype):
-        bt, g, at = matrices(self.m, self.r)
-        return bt.astype(dtype), g, at.astype(dtype)
+    def _transforms(self, dtype):
+        return _transforms(self.m, self.r, numpy.dtype(dtype))
 
     def _prefix(self, lane, name, shape, dtype):
         return self.workspace.prefix(f"{lane}:{name}", shape, dtype, numpy)
@@ -213,16 +222,14 @@ class Winograd:
     def _transformed_weights(self, weight):
         """U = G g G^T: (a*a, group, O/g, C/g), one GEMM by kron(G, G)."""
         o, cg = weight.shape[:2]
-        _, g, _ = matrices(self.m, self.r)
         u = self.workspace.prefix("u", (self.a * self.a, o * cg), weight.dtype, numpy)
-        numpy.matmul(numpy.kron(g, g).astype(weight.dtype), weight.reshape(o * cg, -1).T, out=u)
+        numpy.matmul(self._transforms(weight.dtype)[1], weight.reshape(o * cg, -1).T, out=u)
         return u.reshape(-1, self.group, o // self.group, cg)
 
     def _add_weight_grad(self, du, dweight):
         """dW += G^T dU G, dU (a*a, O * C/g)."""
-        _, g, _ = matrices(self.m, self.r)
         grad = self.workspace.prefix("dw", (self.r * self.r, du.shape[1]), du.dtype, numpy)
-        numpy.matmul(numpy.kron(g, g).T.astype(du.dtype), du, out=grad)
+        numpy.matmul(self._transforms(du.dtype)[1].T, du, out=grad)
         dweight.reshape(du.shape[1], -1)[...] += grad.T
 
     def _by_group(self, x, channels):
@@ -241,7 +248,7 @@ class Winograd:
         the padded input), the tiles' columns gathered, B^T across them
         (one GEMM)."""
         n, a, m = x.shape[0], self.a, self.m
-        bt = self._matrices(x.dtype)[0]
+        bt = self._transforms(x.dtype)[0]
         ph, pw = s.pad
         xpad = self._prefix(lane, "xpad", (n, s.hp, s.wp, s.c), x.dtype)
         xpad[:, :ph] = 0                   # the padding (the buffer is shared: written each time)
@@ -263,9 +270,8 @@ class Winograd:
         """y = A^T M A per tile (plus bias): M (a*a, O, tiles); one GEMM by
         kron(A^T, A^T), then the m*m outputs of each tile into place."""
         n, m = y.shape[0], self.m
-        at = self._matrices(mm.dtype)[2]
         z = self._prefix(lane, "z", (m * m, s.o * s.tiles), mm.dtype)
-        numpy.matmul(numpy.kron(at, at), mm.reshape(self.a * self.a, -1), out=z)
+        numpy.matmul(self._transforms(mm.dtype)[2], mm.reshape(self.a * self.a, -1), out=z)
         zt = z.reshape(m, m, s.o, n, s.th, s.tw)
         for j in range(m):
             rows = (s.ho - j + m - 1) // m
@@ -279,7 +285,6 @@ class Winograd:
         """dM (a*a, O, tiles) = A dY A^T per tile: each tile's m*m output
         gradients gathered, then one GEMM by kron(A^T, A^T)^T."""
         n, m = dy.shape[0], self.m
-        at = self._matrices(dy.dtype)[2]
         d = self._prefix(lane, "dy_tiles", (m, m, s.o, n, s.th, s.tw), dy.dtype)
         for j in range(m):
             rows = (s.ho - j + m - 1) // m
@@ -289,7 +294,7 @@ class Winograd:
                 d[j, i, :, :, rows:] = 0
                 d[j, i, :, :, :, cols:] = 0
         dm = self._prefix(lane, "dm", (self.a * self.a, s.o, s.tiles), dy.dtype)
-        numpy.matmul(numpy.kron(at, at).T, d.reshape(m * m, -1), out=dm.reshape(self.a * self.a, -1))
+        numpy.matmul(self._transforms(dy.dtype)[2].T, d.reshape(m * m, -1), out=dm.reshape(self.a * self.a, -1))
         return dm
 
     def _input_grad_transform(self, lane, dv, dx, s):
@@ -297,7 +302,7 @@ class Winograd:
         at its tile: dV (a*a, tiles, C). B across (one GEMM), the columns
         added into place, B down (a batched GEMM), the rows added into place."""
         n, a, m = dx.shape[0], self.a, self.m
-        b = self._matrices(dv.dtype)[0].T
+        b = self._transforms(dv.dtype)[0].T
         across = self._prefix(lane, "across", (a, a, n, s.th, s.tw, s.c), dv.dtype)
         numpy.matmul(b, dv.reshape(a, a, -1), out=across.reshape(a, a, -1))
         placed = self._prefix(lane, "placed", (n, s.th, a, s.wp, s.c), dv.dtype)
