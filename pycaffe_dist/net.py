@@ -70,6 +70,8 @@ class Net:
         self.bottom_ids = []      # per layer: list of blob names
         self.top_ids = []
         self.producer = {}        # blob name -> layer name
+        self._write_first_cache = None   # see clear_param_diffs(lazily=True)
+        self._lazily_cleared = ()
         self.blob_loss_weights = OrderedDict()
         for layer_param in self.param.layer:
             self._add_layer(layer_param)
@@ -268,9 +270,10 @@ class Net:
             layer.backward(top, self.bottom_need_backward[i], bottom)
             for hook in self.after_backward_hooks:
                 hook(i)
-        for blob in self._write_first()[0] if getattr(self, "_write_first_cache", None) else ():
+        for blob in self._lazily_cleared:
             if blob.diff_owes_zeros:       # no layer wrote it: the zeros a lazy clear owes
                 blob.diff_to_overwrite()[...] = 0
+        self._lazily_cleared = ()
 
     def forward_backward(self):
         loss = self.forward()
@@ -319,11 +322,12 @@ class Net:
             self.flat_diff[start:stop] = 0
         for blob in blobs:
             blob.clear_diff_lazily()
+        self._lazily_cleared = blobs
 
     def _write_first(self):
         """(blobs, spans): the learnable blobs a layer overwrites, and the
         flat_diff ranges of all the others."""
-        if getattr(self, "_write_first_cache", None) is None:
+        if self._write_first_cache is None:
             users = {}
             for layer in self.layers:
                 for blob in layer.blobs:

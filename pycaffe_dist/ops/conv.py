@@ -140,14 +140,7 @@ class Convolution:
         self._lanes = {}
         self._plans = {}
         self._winograd = None
-        self._choices = {}
-
-    def _choice(self, *key):
-        """The threads.Choice of one kind of call (forward; backward with
-        which gradients), made on first use."""
-        if key not in self._choices:
-            self._choices[key] = threads.Choice()
-        return self._choices[key]
+        self._choices = threads.Choices()
 
     def _plan(self, x_shape, outputs, itemsize):
         """conv_cost's Plan for this input shape, worked out once."""
@@ -228,7 +221,7 @@ class Convolution:
             for n0, n1 in run:
                 key = (address, n0, n1)
                 cols.forward(cols.build(cols.load(x, n0, n1, capacity, key), key), wmat, y[n0:n1], bias)
-        threads.run([functools.partial(lane, cols, run) for cols, run in zip(passes, runs)], self._choice("forward"))
+        threads.run([functools.partial(lane, cols, run) for cols, run in zip(passes, runs)], self._choices["forward"])
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward);
@@ -292,7 +285,7 @@ class Convolution:
                 elif col2im:
                     cols.col2im(dyc, wmat, dx[n0:n1], capacity)
         threads.run([functools.partial(lane, cols, tcols, run) for cols, tcols, run in zip(forward, transpose, runs)],
-                    self._choice("backward", dweight is not None, dx is not None))
+                    self._choices["backward", dweight is not None, dx is not None])
         if shared:
             acc = transpose[0].transposed_accumulator(weight.dtype, xp)
             for tcols in transpose[1:len(runs)]:

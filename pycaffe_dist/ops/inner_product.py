@@ -40,7 +40,7 @@ class InnerProduct:
 
     def __init__(self):
         self.workspace = Workspace()
-        self._choices = {name: threads.Choice() for name in ("forward", "input_grad", "weight_grad")}
+        self._choices = threads.Choices()
 
     @staticmethod
     def _parts(xp, flops, columns):
@@ -67,19 +67,22 @@ class InnerProduct:
         self._by_columns(xp, dy, wn, dx, parts, self._choices["input_grad"], "input_grad")
 
     def _by_columns(self, xp, a, b, out, parts, choice, name):
-        """out = a @ b, one run of out's columns per thread; `name` names the
-        scratch of the transposed product."""
-        if xp is not numpy or a.shape[0] > TRANSPOSED_ROWS:
-            if parts == 1:
-                xp.matmul(a, b, out=out)
-                return
-            threads.run([functools.partial(numpy.matmul, a, b[:, c0:c1], out=out[:, c0:c1])
-                         for c0, c1 in self._column_runs(b.shape[1], parts)], choice)
+        """out = a @ b, one run of out's columns per thread; small batches as
+        out^T = b^T @ a^T into the scratch called `name`, then copied out."""
+        transposed = xp is numpy and a.shape[0] <= TRANSPOSED_ROWS
+        if parts == 1 and not transposed:
+            xp.matmul(a, b, out=out)
             return
-        scratch = self.workspace.get(name, (b.shape[1], a.shape[0]), out.dtype, xp)
-        threads.run([functools.partial(numpy.matmul, b[:, c0:c1].T, a.T, out=scratch[c0:c1])
-                     for c0, c1 in self._column_runs(b.shape[1], parts)], choice)
-        numpy.copyto(out, scratch.T)
+        if transposed:
+            scratch = self.workspace.get(name, (b.shape[1], a.shape[0]), out.dtype, xp)
+            products = [functools.partial(numpy.matmul, b[:, c0:c1].T, a.T, out=scratch[c0:c1])
+                        for c0, c1 in self._column_runs(b.shape[1], parts)]
+        else:
+            products = [functools.partial(numpy.matmul, a, b[:, c0:c1], out=out[:, c0:c1])
+                        for c0, c1 in self._column_runs(b.shape[1], parts)]
+        threads.run(products, choice)
+        if transposed:
+            numpy.copyto(out, scratch.T)
 
     def weight_grad(self, dy, x, diff, transpose, overwrite=False):
         """diff += dy^T @ x (x^T @ dy with transpose): accumulated, as Caffe's

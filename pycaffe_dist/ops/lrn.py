@@ -49,7 +49,7 @@ class LRN:
         self.across_channels = bool(across_channels)
         self.workspace = Workspace()
         self._saved_x = None
-        self._choices = {"forward": threads.Choice(), "backward": threads.Choice()}
+        self._choices = threads.Choices()
 
     # -- window sums ---------------------------------------------------------------
     def _padded(self, xp, x, name):

@@ -128,7 +128,7 @@ class TwoStage:
         self.workspace = Workspace()
         self.scratch = Workspace()
         self._copies = []
-        self._choices = {}
+        self._choices = threads.Choices()
 
     def _each_block(self, xp, nc, itemsize, body):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
@@ -139,14 +139,14 @@ class TwoStage:
         PLANE_BLOCK_BYTES blocks) and the lanes at once (copies of the op,
         blocks LANE_BLOCK_SCALE times larger); each keeps its own buffers."""
         lanes = threads.count(xp) if THREADED else 1
-        choice = self._choices.setdefault(body.__name__, threads.Choice()) if lanes > 1 else None
+        choice = self._choices[body.__name__] if lanes > 1 else None
         at_once = choice is not None and (not threads.MEASURED or choice.parallel(lanes))
         blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
         ops = [self]
         if at_once:
             while len(self._copies) < lanes:
                 lane = copy.copy(self)
-                lane.scratch, lane._copies, lane._choices = Workspace(), [], {}
+                lane.scratch, lane._copies, lane._choices = Workspace(), [], threads.Choices()
                 self._copies.append(lane)
             ops = self._copies[:min(lanes, len(blocks))]
 

@@ -137,6 +137,15 @@ class Choice:
         self._last[parallel] = (self._calls, seconds)
 
 
+class Choices(dict):
+    """An op's Choice per kind of call (a key: "forward", ("backward", ...)),
+    each made on first use."""
+
+    def __missing__(self, key):
+        choice = self[key] = Choice()
+        return choice
+
+
 def run(tasks, choice=None):
     """Call every task (no arguments), the first on this thread and the rest
     on the pool, or all on this thread in order where `choice` (a Choice)

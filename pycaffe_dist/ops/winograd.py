@@ -184,13 +184,7 @@ class Winograd:
         self.r = geometry.kernel[0]
         self.a = self.m + self.r - 1
         self.workspace = None          # the calling thread's shared one, set per call
-        self._choices = {}
-
-    def _choice(self, *key):
-        """The threads.Choice of one kind of call, made on first use."""
-        if key not in self._choices:
-            self._choices[key] = threads.Choice()
-        return self._choices[key]
+        self._choices = threads.Choices()
 
     # -- buffers and chunks --------------------------------------------------
 
@@ -335,7 +329,7 @@ class Winograd:
                 mm = self._prefix(index, "m", (self.a * self.a, o, s.tiles), x.dtype)
                 numpy.matmul(u, self._by_group_last(v, c).swapaxes(2, 3), out=self._by_group(mm, o))
                 self._output_transform(index, mm, y[n0:n1], s, bias)
-        threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)], self._choice("forward"))
+        threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)], self._choices["forward"])
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward)."""
@@ -372,7 +366,7 @@ class Winograd:
                     numpy.matmul(dm.swapaxes(2, 3), u, out=self._by_group_last(dv, c))
                     self._input_grad_transform(index, dv, dx[n0:n1], s)
         threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)],
-                    self._choice("backward", dweight is not None, dx is not None))
+                    self._choices["backward", dweight is not None, dx is not None])
         if dweight is not None:
             # Lane by lane in a fixed order: the same thread count, the same sum.
             total = accumulators[0]
