@@ -92,10 +92,17 @@ def train(solver_path, resume=None, weights=(), action_request=None, setup=None,
         comm.close()
 
 
+# Seconds between a failing rank's message and MPI_Abort: mpiexec forwards
+# each rank's output through its own pipe and kills every rank on the abort,
+# and a message still in the pipe was lost (about one job in eight here).
+ABORT_DELAY = 0.5
+
+
 def _fail(comm, message):
     log.error("%s", message)
     print("pycaffe-dist train: error: %s" % message.splitlines()[0], file=sys.stderr, flush=True)
     logging.shutdown()
+    time.sleep(ABORT_DELAY)
     comm.abort(1)
 
 
