@@ -17,6 +17,7 @@ F32 = numpy.float32
 # would show.
 ALLOWANCE = 256 * 1024
 LAYERS = [
+    # Fourier (ops/fourier.py): cifar10's conv2 at batch 64
     ('name: "c" type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 '
      'weight_filler { type: "gaussian" } }', (64, 32, 16, 16)),
     ('name: "c" type: "Convolution" convolution_param { num_output: 20 kernel_size: 5 '
