@@ -14,29 +14,34 @@ complex one along the height (2H x 2S); the inverse the same way back,
 with only the Ho x Wo kept outputs computed. Each complex product is one
 real GEMM per bin, [[Vr, -Vi], [Vi, Vr]] (2O x 2C) by [Xr; Xi] (2C x N).
 
-Per output and input channel, a 16x16 image with a 5x5 kernel costs
-8 * 220 / 256 = 6.9 multiply-adds per output in the bin products
-against 25, plus the transforms, whose cost per plane is shared by all
-the planes of the other side (O for an input plane, C for an output
-plane): the path pays where both C and O are some tens
-(see use_fourier).
+Per output and input channel, a 16x16 image with a 5x5 kernel (20 x 11
+bins) costs 4 * 220 / 256 = 3.4 multiply-adds per output in the bin
+products against 25, plus the transforms, whose cost per plane is shared
+by all the planes of the other side (O for an input plane, C for an
+output plane): the path pays where both C and O are some tens and the
+batch is large enough to reuse the product weights (see cost_ratio).
 
 Layouts: every transform is a GEMM whose other operand is a matrix of
 planes; the image axis n runs innermost so the bin products are (2C x N)
 matrices, and x, y, dy and dx are read and written in place through
-strided views (batched GEMMs over (h, c) or (o, i)), with no transposing
+strided views (batched GEMMs over (c, h) or (o, i)), with no transposing
 copies. Stage outputs order their rows (re/im, frequency) so that the next
 stage's contraction over (frequency, re/im) has one stride.
 
-The transformed input X is kept from forward for the weight gradient
-(its own buffer per op); the other buffers are scratch shared by all
-Fourier layers on a thread.
+With T threads (ops.threads) the batch is cut into T runs of images, each
+taken through every stage by one lane; the weight gradient's per-bin
+products are summed over the lanes in lane order (the same thread count,
+the same bits). Each op keeps, per lane, the transformed input X from
+forward for the weight gradient, and the product weights, which backward
+reuses while the weights equal the ones they were made from; every other
+buffer is scratch shared by all Fourier layers on a thread.
 """
 import functools
 import threading
 
 import numpy
 
+from . import threads
 from .workspace import Workspace
 
 # False: no convolution takes this path (for comparisons in bench/).
@@ -143,8 +148,10 @@ class Fourier:
 
     def __init__(self, geometry):
         self.geometry = geometry
-        self.kept = Workspace()       # X from forward, for the weight gradient
-        self._kept_for = None
+        self.kept = Workspace()       # X from forward, for the weight gradient; the product weights
+        self._kept_for = {}           # lane -> the x its kept transform was made from
+        self._product_for = None
+        self._choices = threads.Choices()
 
     def _sizes(self, x_shape):
         (h, w), (ph, pw) = x_shape[2:], self.geometry.pad
@@ -154,48 +161,72 @@ class Fourier:
     def _matrices(self, x_shape, dtype):
         return matrices(self.geometry.kernel, self.geometry.pad, tuple(x_shape[2:]), numpy.dtype(dtype))
 
-    def _product_weights(self, ws, weight, mats, sh, k):
-        """[[Vr, -Vi], [Vi, Vr]] per bin (bins, 2O, 2C), V = conj(DFT(w))."""
+    def _product_weights(self, weight, mats, sh, k):
+        """[[Vr, -Vi], [Vi, Vr]] per bin (bins, 2O, 2C), V = conj(DFT(w)):
+        kept, and made again only when the weights differ from the ones it
+        was made from (backward reuses forward's; comparing costs a pass
+        over the weights, making it 15 passes over the product)."""
         o, c = weight.shape[:2]
-        v = ws.prefix("v", (2 * k * sh, o * c), weight.dtype, numpy)
+        a = self.kept.get("a", (k * sh, 2 * o, 2 * c), weight.dtype, numpy)
+        made_from = self.kept.get("made_from", weight.shape, weight.dtype, numpy)
+        same = self.kept.get("same", weight.shape, bool, numpy)
+        key = (a.shape, a.dtype.str)
+        if self._product_for == key and numpy.equal(weight, made_from, out=same).all():
+            return a
+        v = _shared_workspace().prefix("v", (2 * k * sh, o * c), weight.dtype, numpy)
         numpy.matmul(mats[4].T, weight.reshape(o * c, -1).T, out=v)
         v = v.reshape(k * sh, 2, o, c)
-        a = ws.prefix("a", (k * sh, 2 * o, 2 * c), weight.dtype, numpy)
         a[:, :o, :c] = v[:, 0]
         numpy.negative(v[:, 1], out=a[:, :o, c:])
         a[:, o:, :c] = v[:, 1]
         a[:, o:, c:] = v[:, 0]
+        numpy.copyto(made_from, weight)
+        self._product_for = key
         return a
 
     def _transform_input(self, x, mats, sh, k, out):
         """out (K, S_h, 2, C, N) = the DFT of x's padded planes."""
         n, c, h, w = x.shape
-        ws = _shared_workspace()
-        t = ws.prefix("t", (h, 2 * k, c, n), x.dtype, numpy)
-        numpy.matmul(mats[0], x.transpose(2, 1, 3, 0), out=t.transpose(0, 2, 1, 3))
+        t = _shared_workspace().prefix("t", (h, 2 * k, c, n), x.dtype, numpy)
+        numpy.matmul(mats[0], x.transpose(1, 2, 3, 0), out=t.transpose(2, 0, 1, 3))
         numpy.matmul(mats[1], t.reshape(2 * h, k, c * n).transpose(1, 0, 2), out=out.reshape(k, 2 * sh, c * n))
 
+    def _kept_input(self, lane, x, mats, sh, k, fresh):
+        """Lane `lane`'s transformed x (K, S_h, 2, C, n), remade when
+        `fresh` or when x is not the array it was made from."""
+        xf = self.kept.get(f"x{lane}", (k, sh, 2) + x.shape[1::-1], x.dtype, numpy)
+        if fresh or self._kept_for.get(lane) != _address(x):
+            self._transform_input(x, mats, sh, k, xf)
+            self._kept_for[lane] = _address(x)
+        return xf
+
+    @staticmethod
+    def _runs(n):
+        """One contiguous run of images per lane (ops.threads)."""
+        lanes = min(threads.count(numpy), n)
+        return [(n * i // lanes, n * (i + 1) // lanes) for i in range(lanes)]
+
     def forward(self, x, weight, bias, y):
-        n, c, h, w = x.shape
-        o = weight.shape[0]
-        ho, wo = y.shape[2:]
         sh, k = self._sizes(x.shape)
         mats = self._matrices(x.shape, x.dtype)
-        ws = _shared_workspace()
-        a = self._product_weights(ws, weight, mats, sh, k)
-        xf = self.kept.get("x", (k, sh, 2, c, n), x.dtype, numpy)
-        self._transform_input(x, mats, sh, k, xf)
-        self._kept_for = _address(x)
-        yf = ws.prefix("y", (k * sh, 2 * o, n), x.dtype, numpy)
-        numpy.matmul(a, xf.reshape(k * sh, 2 * c, n), out=yf)
-        if bias is not None:         # a constant is the zero bin times S_h S_w
-            yf[0, :o] += bias[:, None] * (sh * self._width(x.shape))
-        z = ws.prefix("z", (k, 2 * ho, o * n), x.dtype, numpy)
-        numpy.matmul(mats[2], yf.reshape(k, 2 * sh, o * n), out=z)
-        numpy.matmul(z.reshape(2 * k, ho, o, n).transpose(2, 1, 3, 0), mats[3].T, out=y.transpose(1, 2, 0, 3))
+        a = self._product_weights(weight, mats, sh, k)
+        size = sh * (x.shape[3] + 2 * self.geometry.pad[1])
 
-    def _width(self, x_shape):
-        return x_shape[3] + 2 * self.geometry.pad[1]
+        def lane(index, n0, n1):
+            ws = _shared_workspace()
+            n, c, o = n1 - n0, x.shape[1], y.shape[1]
+            ho = y.shape[2]
+            xf = self._kept_input(index, x[n0:n1], mats, sh, k, True)
+            yf = ws.prefix("y", (k * sh, 2 * o, n), x.dtype, numpy)
+            numpy.matmul(a, xf.reshape(k * sh, 2 * c, n), out=yf)
+            if bias is not None:         # a constant is the zero bin times S_h S_w
+                yf[0, :o] += bias[:, None] * size
+            z = ws.prefix("z", (k, 2 * ho, o * n), x.dtype, numpy)
+            numpy.matmul(mats[2], yf.reshape(k, 2 * sh, o * n), out=z)
+            numpy.matmul(z.reshape(2 * k, ho, o, n).transpose(2, 1, 3, 0), mats[3].T,
+                         out=y[n0:n1].transpose(1, 2, 0, 3))
+        threads.run([functools.partial(lane, i, *run) for i, run in enumerate(self._runs(x.shape[0]))],
+                    self._choices["forward"])
 
     def backward_data(self, dy, weight, dx):
         """dx = the transposed convolution of dy (Deconvolution's forward)."""
@@ -206,36 +237,46 @@ class Fourier:
             dbias += dy.sum(axis=(0, 2, 3))
         if dweight is None and dx is None:
             return
-        n, c, h, w = x.shape
-        o = weight.shape[0]
-        ho, wo = dy.shape[2:]
+        c, o = x.shape[1], weight.shape[0]
+        ho = dy.shape[2]
         sh, k = self._sizes(x.shape)
         mats = self._matrices(x.shape, dy.dtype)
-        ws = _shared_workspace()
-        z = ws.prefix("z", (2 * k, ho, o, n), dy.dtype, numpy)
-        numpy.matmul(mats[3].T, dy.transpose(1, 2, 3, 0), out=z.transpose(2, 1, 0, 3))
-        dyf = ws.prefix("y", (k * sh, 2 * o, n), dy.dtype, numpy)
-        numpy.matmul(mats[2].T, z.reshape(k, 2 * ho, o * n), out=dyf.reshape(k, 2 * sh, o * n))
+        a = self._product_weights(weight, mats, sh, k) if dx is not None else None
+        runs = self._runs(x.shape[0])
+
+        def lane(index, n0, n1):
+            ws = _shared_workspace()
+            n = n1 - n0
+            z = ws.prefix("z", (2 * k, ho, o, n), dy.dtype, numpy)
+            numpy.matmul(mats[3].T, dy[n0:n1].transpose(1, 2, 3, 0), out=z.transpose(2, 1, 0, 3))
+            dyf = ws.prefix("y", (k * sh, 2 * o, n), dy.dtype, numpy)
+            numpy.matmul(mats[2].T, z.reshape(k, 2 * ho, o * n), out=dyf.reshape(k, 2 * sh, o * n))
+            if dweight is not None:
+                xf = self._kept_input(index, x[n0:n1], mats, sh, k, False)
+                # per lane in the op's own buffers: lanes run in turn share a thread's scratch
+                da = self.kept.get(f"da{index}", (k * sh, 2 * o, 2 * c), dy.dtype, numpy)
+                numpy.matmul(dyf, xf.reshape(k * sh, 2 * c, n).transpose(0, 2, 1), out=da)
+            if dx is not None:
+                dxf = ws.prefix("dx", (k * sh, 2 * c, n), dy.dtype, numpy)
+                numpy.matmul(a.transpose(0, 2, 1), dyf, out=dxf)
+                t = ws.prefix("t", (x.shape[2], 2 * k, c, n), dy.dtype, numpy)
+                numpy.matmul(mats[1].T, dxf.reshape(k, 2 * sh, c * n),
+                             out=t.reshape(2 * x.shape[2], k, c * n).transpose(1, 0, 2))
+                numpy.matmul(t.transpose(2, 0, 3, 1), mats[0], out=dx[n0:n1].transpose(1, 2, 0, 3))
+        threads.run([functools.partial(lane, i, *run) for i, run in enumerate(runs)],
+                    self._choices["backward", dweight is not None, dx is not None])
         if dweight is not None:
-            xf = self.kept.get("x", (k, sh, 2, c, n), x.dtype, numpy)
-            if self._kept_for != _address(x):
-                self._transform_input(x, mats, sh, k, xf)
-                self._kept_for = _address(x)
-            da = ws.prefix("da", (k * sh, 2 * o, 2 * c), dy.dtype, numpy)
-            numpy.matmul(dyf, xf.reshape(k * sh, 2 * c, n).transpose(0, 2, 1), out=da)
+            # Lane by lane in a fixed order: the same thread count, the same sum.
+            da = self.kept.get("da0", (k * sh, 2 * o, 2 * c), dy.dtype, numpy)
+            for index in range(1, len(runs)):
+                da += self.kept.get(f"da{index}", da.shape, dy.dtype, numpy)
+            ws = _shared_workspace()
             dv = ws.prefix("dv", (k * sh, 2, o, c), dy.dtype, numpy)
             numpy.add(da[:, :o, :c], da[:, o:, c:], out=dv[:, 0])
             numpy.subtract(da[:, o:, :c], da[:, :o, c:], out=dv[:, 1])
             grad = ws.prefix("dw", (mats[4].shape[0], o * c), dy.dtype, numpy)
             numpy.matmul(mats[4], dv.reshape(-1, o * c), out=grad)
             dweight.reshape(o * c, -1)[...] += grad.T
-        if dx is not None:
-            a = self._product_weights(ws, weight, mats, sh, k)
-            dxf = ws.prefix("dx", (k * sh, 2 * c, n), dy.dtype, numpy)
-            numpy.matmul(a.transpose(0, 2, 1), dyf, out=dxf)
-            t = ws.prefix("t", (h, 2 * k, c, n), dy.dtype, numpy)
-            numpy.matmul(mats[1].T, dxf.reshape(k, 2 * sh, c * n), out=t.reshape(2 * h, k, c * n).transpose(1, 0, 2))
-            numpy.matmul(t.transpose(0, 2, 3, 1), mats[0], out=dx.transpose(2, 1, 0, 3))
 
 
 def _address(x):

@@ -70,19 +70,27 @@ def direct_rect(x, w, bias, pad):
     return y + bias.reshape(1, -1, 1, 1)
 
 
-def test_the_kept_transform_is_remade_for_another_input():
-    """Backward with an x that forward did not see transforms that x."""
+def test_what_forward_keeps_is_remade_for_another_input_or_other_weights():
+    """Backward with an x that forward did not see transforms that x; with
+    weights changed in place since forward, the product weights are made
+    again; and so for another image size with the same weights."""
     rng = numpy.random.default_rng(4)
     geometry = geometry_of((3, 3), 1)
     x1, x2 = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((2, 3, 6, 6))
     w, b, dy = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4), rng.standard_normal((2, 4, 6, 6))
     op = fourier.Fourier(geometry)
     op.forward(x1, w, b, numpy.empty_like(dy))
-    dw = numpy.zeros_like(w)
-    op.backward(x2, dy, w, dw)
-    dw_direct = numpy.zeros_like(w)
-    Convolution(geometry).backward(x2, dy, w, dw_direct)
+    w[0, 1, 2, 0] += 1.0
+    dw, dx = numpy.zeros_like(w), numpy.empty_like(x2)
+    op.backward(x2, dy, w, dw, dx=dx)
+    dw_direct, dx_direct = numpy.zeros_like(w), numpy.empty_like(x2)
+    Convolution(geometry).backward(x2, dy, w, dw_direct, dx=dx_direct)
     numpy.testing.assert_allclose(dw, dw_direct, rtol=1e-11, atol=1e-11)
+    numpy.testing.assert_allclose(dx, dx_direct, rtol=1e-11, atol=1e-11)
+    x3 = rng.standard_normal((2, 3, 9, 7))
+    y3 = numpy.empty((2, 4, 9, 7))
+    op.forward(x3, w, b, y3)
+    numpy.testing.assert_allclose(y3, direct_rect(x3, w, b, 1), rtol=1e-11, atol=1e-11)
 
 
 def test_float32_error_stays_within_its_bound():
@@ -186,3 +194,24 @@ def test_layers_sharing_the_scratch_do_not_disturb_each_other():
         for layer, want in zip(layers, alone):
             for got, expected in zip(run(*layer), want):
                 assert numpy.array_equal(got, expected)
+
+
+def test_two_threads_match_one_and_repeat_to_the_bit(monkeypatch):
+    from pycaffe_dist.ops import threads
+    rng = numpy.random.default_rng(3)
+    geometry = geometry_of((5, 5), 2)
+    x = rng.standard_normal((7, 16, 9, 9)).astype(numpy.float32)
+    w = rng.standard_normal((24, 16, 5, 5)).astype(numpy.float32)
+    b = rng.standard_normal(24).astype(numpy.float32)
+    dy = rng.standard_normal((7, 24, 9, 9)).astype(numpy.float32)
+    results = {}
+    for count in (1, 2, 2, 3):
+        monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        got = run(fourier.Fourier(geometry), x, w, b, dy)
+        if count in results:        # the same thread count gives the same bits
+            for a, want in zip(got, results[count]):
+                assert numpy.array_equal(a, want)
+        results[count] = got
+    for count in (2, 3):
+        for a, want in zip(results[count], results[1]):
+            numpy.testing.assert_allclose(a, want, rtol=0, atol=2e-5 * float(numpy.abs(want).max()))
