@@ -103,11 +103,11 @@ def ours(batch, channels, outputs, size, kernel, stride, pad, group, needs_dx):
     dx = numpy.empty_like(x) if needs_dx else None
 
     def describe():
+        if ops.fourier.use_fourier(op.geometry, group, channels, outputs, (size, size), batch, needs_dx):
+            return "Fourier %dx%d" % ((size + 2 * pad,) * 2)
         m = ops.winograd.tile_size(op.geometry, group, channels, outputs, (size, size))
         if m is not None:
             return "Winograd F(%dx%d, %dx%d)" % (m, m, kernel, kernel)
-        if ops.fourier.use_fourier(op.geometry, group, channels, outputs, (size, size), batch, needs_dx):
-            return "Fourier %dx%d" % ((size + 2 * pad,) * 2)
         plan = op._plan(x.shape, outputs, 4)
         grad = "" if not needs_dx else (" + transposed conv" if plan.by_convolution else " + col2im")
         return plan.layout.__name__ + grad

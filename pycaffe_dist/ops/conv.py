@@ -204,18 +204,17 @@ class Convolution:
         return self._winograd
 
     def _fast_path(self, xp, x_shape, outputs):
-        """The Winograd or the Fourier op when this convolution takes one
-        of those paths (on the CPU; Winograd first, see fourier.use_fourier),
-        else None."""
-        fast = self._minimal_filtering(xp, x_shape, outputs)
-        if fast is not None or xp is not numpy:
-            return fast
-        if not fourier.use_fourier(self.geometry, self.group, x_shape[1], outputs, x_shape[2:], x_shape[0],
-                                   self.needs_dx):
+        """The Fourier or the Winograd op when this convolution takes one of
+        those paths (on the CPU; Fourier first where fourier.use_fourier
+        says so, then winograd.tile_size), else None."""
+        if xp is not numpy:
             return None
-        if self._fourier is None:
-            self._fourier = fourier.Fourier(self.geometry)
-        return self._fourier
+        if fourier.use_fourier(self.geometry, self.group, x_shape[1], outputs, x_shape[2:], x_shape[0],
+                               self.needs_dx):
+            if self._fourier is None:
+                self._fourier = fourier.Fourier(self.geometry, self.group)
+            return self._fourier
+        return self._minimal_filtering(xp, x_shape, outputs)
 
     def forward(self, x, weight, bias, y):
         """y = conv(x) + bias; bias may be None."""

@@ -58,12 +58,13 @@ def _shared_workspace():
 
 def use_fourier(geometry, group, channels, outputs, spatial, images, needs_dx=True):
     """Whether this convolution takes the Fourier path: 2-D, stride 1, no
-    dilation, one group, and a cost_ratio below MAX_COST_RATIO."""
-    if not ENABLED or len(geometry.kernel) != 2 or group != 1:
+    dilation, and a cost_ratio (per group) below MAX_COST_RATIO."""
+    if not ENABLED or len(geometry.kernel) != 2:
         return False
     if geometry.stride != (1, 1) or geometry.dilation != (1, 1) or max(geometry.pad) >= min(geometry.kernel):
         return False
-    return cost_ratio(geometry.kernel, geometry.pad, spatial, channels, outputs, images, needs_dx) < MAX_COST_RATIO
+    return cost_ratio(geometry.kernel, geometry.pad, spatial, channels // group, outputs // group, images,
+                      needs_dx) < MAX_COST_RATIO
 
 
 # The largest cost_ratio that takes the Fourier path. Measured fwd+bwd time
@@ -143,11 +144,14 @@ def matrices(kernel, pad, spatial, dtype):
 class Fourier:
     """y = conv(x, weight) + bias and its gradients in the Fourier domain.
     Same calling convention as ops.conv.Convolution: x (N, C, H, W), weight
-    (O, C, r_h, r_w), y (N, O, Ho, Wo); parameter gradients are added to the
-    given diffs, dx is overwritten."""
+    (O, C/group, r_h, r_w), y (N, O, Ho, Wo); parameter gradients are added
+    to the given diffs, dx is overwritten. With groups, one Fourier op per
+    group runs on that group's channels (views: nothing is copied)."""
 
-    def __init__(self, geometry):
+    def __init__(self, geometry, group=1):
         self.geometry = geometry
+        self.group = int(group)
+        self._parts = [Fourier(geometry) for _ in range(self.group)] if self.group > 1 else None
         self.kept = Workspace()       # X from forward, for the weight gradient; the product weights
         self._kept_for = {}           # lane -> the x its kept transform was made from
         self._product_for = None
@@ -206,7 +210,16 @@ class Fourier:
         lanes = min(threads.count(numpy), n)
         return [(n * i // lanes, n * (i + 1) // lanes) for i in range(lanes)]
 
+    def _by_group(self, channels, outputs):
+        """Each group's op with its input and output channel slices."""
+        cg, og = channels // self.group, outputs // self.group
+        return [(part, slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)) for g, part in enumerate(self._parts)]
+
     def forward(self, x, weight, bias, y):
+        if self._parts:
+            for part, cs, os in self._by_group(x.shape[1], weight.shape[0]):
+                part.forward(x[:, cs], weight[os], None if bias is None else bias[os], y[:, os])
+            return
         sh, k = self._sizes(x.shape)
         mats = self._matrices(x.shape, x.dtype)
         a = self._product_weights(weight, mats, sh, k)
@@ -233,6 +246,11 @@ class Fourier:
         self.backward(dx, dy, weight, dx=dx)
 
     def backward(self, x, dy, weight, dweight=None, dbias=None, dx=None):
+        if self._parts:
+            for part, cs, os in self._by_group(x.shape[1], weight.shape[0]):
+                part.backward(x[:, cs], dy[:, os], weight[os], None if dweight is None else dweight[os],
+                              None if dbias is None else dbias[os], None if dx is None else dx[:, cs])
+            return
         if dbias is not None:
             dbias += dy.sum(axis=(0, 2, 3))
         if dweight is None and dx is None:

@@ -6,7 +6,7 @@ import pytest
 
 from pycaffe_dist.ops import fourier
 from pycaffe_dist.ops.conv import ConvGeometry, Convolution
-from tests.ops.test_winograd import run
+from tests.ops.test_winograd import direct, run
 
 SHAPES = [  # n, c, o, h, w, kernel, pad
     (3, 5, 4, 9, 9, (5, 5), 2),      # odd padded size (13)
@@ -55,6 +55,24 @@ def test_forward_and_gradients_equal_direct_convolution(shape):
     numpy.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
     probe = rng.standard_normal(x.shape)           # <dx, probe> = <dy, conv(probe) without bias>
     assert numpy.vdot(dx, probe) == pytest.approx(numpy.vdot(dy, direct_rect(probe, w, 0 * b, pad)), rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6, 9, 1, 2), (2, 6, 9, 8, 2, 3)])
+def test_groups_equal_direct_convolution(shape):
+    n, c, o, size, pad, group = shape
+    rng = numpy.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, c, size, size))
+    w = rng.standard_normal((o, c // group, 5, 5))
+    b = rng.standard_normal(o)
+    geometry = geometry_of((5, 5), pad)
+    dy = rng.standard_normal((n, o) + geometry.out_shape((size, size)))
+    got = run(fourier.Fourier(geometry, group), x, w, b, dy)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fourier, "ENABLED", False)
+        want = run(Convolution(geometry, group), x, w, b, dy)
+    numpy.testing.assert_allclose(got[0], direct(x, w, b, pad, group), rtol=1e-11, atol=1e-11)
+    for a, expected in zip(got, want):
+        numpy.testing.assert_allclose(a, expected, rtol=1e-11, atol=1e-11)
 
 
 def direct_rect(x, w, bias, pad):
@@ -120,14 +138,17 @@ def test_which_convolutions_take_the_fourier_path():
         geometry = ConvGeometry((kernel, kernel), (stride, stride), (pad, pad), (dilation, dilation))
         return fourier.use_fourier(geometry, group, c, o, (size, size), n, needs_dx)
     assert takes()                                        # cifar10's conv2
-    assert takes(n=64)                                    # tests/layers/test_vision_steady.py's first layer
+    assert takes(n=64) and takes(n=64, group=2)          # tests/layers/test_vision_steady.py's Fourier layers
+    assert takes(c=96, o=256, size=27, n=16, group=2)     # CaffeNet's conv2 (Winograd's before)
+    assert takes(c=64, o=64, n=16)                        # also Winograd's, which it beat (0.85 fwd+bwd)
+    assert not takes(c=64, o=64, n=4, size=32)            # test_vision_steady.py's Winograd F(2x2, 5x5)
     assert takes(c=32, o=64, size=8)                      # cifar10's conv3
     assert takes(pad=0, c=20, o=50, size=12, n=64)        # LeNet's conv2
     assert not takes(c=3, size=32, needs_dx=False)        # cifar10's conv1: 3 channels
     assert not takes(n=10)                                # a small batch: the weights' products dominate
     assert not takes(kernel=3, pad=1)                     # 3x3: broke even
     assert not takes(kernel=3, pad=1, c=256, o=384, size=13, n=16)    # CaffeNet's conv3
-    assert not takes(stride=2) and not takes(dilation=2) and not takes(group=2) and not takes(pad=5)
+    assert not takes(stride=2) and not takes(dilation=2) and not takes(pad=5)
     geometry = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1))
     assert not fourier.use_fourier(geometry, 1, 64, 64, (8, 8, 8), 100)
 
@@ -136,6 +157,8 @@ LAYERS = [
     'name: "c" type: "Convolution" convolution_param { num_output: 4 kernel_size: 5 pad: 2 '
     'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" } }',
     'name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_h: 3 kernel_w: 2 pad: 1 '
+    'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" } }',
+    'name: "c" type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 pad: 1 group: 2 '
     'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" } }',
     'name: "d" type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 '
     'weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" } }',
