@@ -58,10 +58,15 @@ def _shared_workspace():
 
 def use_fourier(geometry, group, channels, outputs, spatial, images, needs_dx=True):
     """Whether this convolution takes the Fourier path: 2-D, stride 1, no
-    dilation, and a cost_ratio (per group) below MAX_COST_RATIO."""
+    dilation, product weights of at most MAX_PRODUCT_VALUES per group, and
+    a cost_ratio (per group) below MAX_COST_RATIO."""
     if not ENABLED or len(geometry.kernel) != 2:
         return False
     if geometry.stride != (1, 1) or geometry.dilation != (1, 1) or max(geometry.pad) >= min(geometry.kernel):
+        return False
+    (h, w), (ph, pw) = spatial, geometry.pad
+    bins = (h + 2 * ph) * ((w + 2 * pw) // 2 + 1)
+    if bins * 4 * (channels // group) * (outputs // group) > MAX_PRODUCT_VALUES:
         return False
     return cost_ratio(geometry.kernel, geometry.pad, spatial, channels // group, outputs // group, images,
                       needs_dx) < MAX_COST_RATIO
@@ -74,6 +79,15 @@ def use_fourier(geometry, group, channels, outputs, spatial, images, needs_dx=Tr
 # 0.71); cifar10's conv1 (3 channels: 2.2, model 2.1) and CaffeNet's conv3
 # at batch 16 (3.7 against Winograd, model 1.0) lose.
 MAX_COST_RATIO = 0.5
+
+# The most product weights (bins x 2O x 2C per group) the path takes on:
+# each op keeps them and a weight-gradient product of the same size per
+# lane, and passes over them that no cache holds cost more than cost_ratio
+# counts. CaffeNet's conv2 (batch 16, 12.2M per group, 98 MB of products
+# for the layer) ran at 0.94 of Winograd's fwd+bwd time with its weights
+# changing every step, and made the whole step 1.03x slower; a 5x5 64->64
+# layer on 16x16 at batch 16 (3.6M) ran at 0.85 of Winograd's.
+MAX_PRODUCT_VALUES = 8 << 20
 
 # What reading or writing one value of the per-bin product weights costs,
 # in multiply-adds: those (bins x 2O x 2C) matrices are used by only N
