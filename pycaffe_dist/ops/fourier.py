@@ -51,6 +51,7 @@ _LOCAL = threading.local()
 
 
 def _shared_workspace():
+    """The calling thread's Workspace for scratch all Fourier ops share."""
     if getattr(_LOCAL, "workspace", None) is None:
         _LOCAL.workspace = Workspace()
     return _LOCAL.workspace
@@ -74,10 +75,11 @@ def use_fourier(geometry, group, channels, outputs, spatial, images, needs_dx=Tr
 
 # The largest cost_ratio that takes the Fourier path. Measured fwd+bwd time
 # against im2col + GEMM (one thread, bench/bench_conv.py --fft) beside the
-# model: cifar10's conv2 0.59 (model 0.41), conv3 0.57 (0.35), LeNet's
-# conv2 0.52 (0.45); a 3x3 32->32 layer on 16x16 broke even (1.02, model
-# 0.71); cifar10's conv1 (3 channels: 2.2, model 2.1) and CaffeNet's conv3
-# at batch 16 (3.7 against Winograd, model 1.0) lose.
+# model: cifar10's conv2 0.53 (model 0.31), conv3 0.50 (0.35), LeNet's
+# conv2 0.48 (0.44), cifar10's conv2 at batch 25 0.82 (0.45); a 3x3 32->32
+# layer on 16x16 broke even (1.02, model 0.72); cifar10's conv2 at batch 10
+# (1.17, model 0.72), cifar10's conv1 (3 channels: 2.2, model 1.9) and
+# CaffeNet's conv3 at batch 16 (3.7 against Winograd, model 1.0) lose.
 MAX_COST_RATIO = 0.5
 
 # The most product weights (bins x 2O x 2C per group) the path takes on:
@@ -120,7 +122,7 @@ def matrices(kernel, pad, spatial, dtype):
     """The transforms' real matrices for one geometry, in `dtype`:
 
     f1 (2K x W): width DFT, rows (re/im, kw), padding in the phase;
-    f2 (K-free, 2S_h x 2H): height DFT, rows (kh, re/im), cols (h, re/im);
+    f2 (2S_h x 2H): height DFT, rows (kh, re/im), cols (h, re/im);
     ga (2Ho x 2S_h): inverse along the height, rows (re/im, i), cols (kh, re/im);
     gb (Wo x 2K): inverse along the width to real outputs, scaled by 1/(S_h S_w);
     e (r_h r_w x 2 K S_h): kernel tap -> conj(DFT) per bin (kw, kh, re/im).
@@ -182,8 +184,8 @@ class Fourier:
     def _product_weights(self, weight, mats, sh, k):
         """[[Vr, -Vi], [Vi, Vr]] per bin (bins, 2O, 2C), V = conj(DFT(w)):
         kept, and made again only when the weights differ from the ones it
-        was made from (backward reuses forward's; comparing costs a pass
-        over the weights, making it 15 passes over the product)."""
+        was made from, so backward reuses forward's (the comparison reads
+        the weights once; the product is 4 * bins times their size)."""
         o, c = weight.shape[:2]
         a = self.kept.get("a", (k * sh, 2 * o, 2 * c), weight.dtype, numpy)
         made_from = self.kept.get("made_from", weight.shape, weight.dtype, numpy)
