@@ -15,11 +15,14 @@ phases, and windows are then reduced in two stages of contiguous slices:
   stage 2 (down columns): y = reduce over i < kh of h's row phase i % s_h
       shifted by i // s_h rows: kh - 1 ops on (planes, OH*Q) slices.
 
-Max pooling keeps, per stage and offset, where a strictly greater value took
-over. Reducing rows first and letting only strictly greater values win picks
-the first maximum in row-major order, as Caffe's loop does; the backward pass
-routes the gradient back through the two chains with a multiply and a
-subtract per offset.
+Max pooling lets only strictly greater values take over in each chain;
+reducing rows first, that picks the first maximum in row-major order, as
+Caffe's loop does. A tracked forward turns the per-offset wins into small
+integer codes (the column that won per stage-1 element, then per output
+the offset i * width + j in its window) and keeps one int32 per output: the
+flat index of its maximum in the block's gradient planes. The backward pass
+is then a zero fill and one numpy.add.at per block, which adds in output
+order as Caffe's loop does (float32 gradients equal to the bit).
 
 Average pooling (average_pooling.py) uses the same two stages with sums.
 """
@@ -260,18 +263,46 @@ class TwoStage:
 
 
 class MaxPooling(TwoStage):
-    """Max pooling; a tracked forward remembers where each maximum came from."""
+    """Max pooling. A tracked forward keeps, per output, where its window's
+    first maximum lies: a flat index into its block's gradient planes
+    (dx's own planes, or padded ones: see padded_grad). The backward pass is
+    then one scatter-add per block in output order, the order Caffe's loop
+    adds in."""
 
     def __init__(self, geometry):
         super().__init__(geometry)
         self._tracked = False
+        g = geometry
+        (h, w), (oh, ow), (sh, sw), (ph, pw) = g.in_size, g.out_size, g.stride, g.pad
+        # A window's first element is where its maximum is taken to be until
+        # a strictly greater one comes (all of a window at -inf: it stays).
+        # Without padding that element is inside the input, and so is every
+        # maximum; otherwise the gradient goes to planes that also hold the
+        # padding and the positions windows start at, and is copied out.
+        self.padded_grad = (ph, pw) != (0, 0) or (oh - 1) * sh >= h or (ow - 1) * sw >= w
+        self.grad_shape = ((max(ph + h, (oh - 1) * sh + 1), max(pw + w, (ow - 1) * sw + 1))
+                           if self.padded_grad else (h, w))
+        # Offsets within a window (i * grad width + j) in the narrowest integers that hold them.
+        largest = (g.kernel[0] - 1) * self.grad_shape[1] + g.kernel[1] - 1
+        self.code_dtype = next(t for t in (numpy.int8, numpy.int16, numpy.int32) if largest <= numpy.iinfo(t).max)
+        self._bases = {}
 
-    def _wins(self, xp, nc):
-        """Per stage and offset k >= 1: whether offset k beat all before it."""
-        g = self.geometry
-        (kh, kw), oh = g.kernel, g.out_size[0]
-        return (self.workspace.get("wins1", (kw - 1, nc, g.plane_size), numpy.bool_, xp),
-                self.workspace.get("wins2", (kh - 1, nc, oh, g.phase_cols), numpy.bool_, xp))
+    def _argmax(self, xp, nc):
+        return self.workspace.get("argmax", (nc,) + self.geometry.out_size, numpy.int32, xp)
+
+    def _base(self, xp, block):
+        """(block, OH, OW): each window's first element as a flat index into
+        `block` gradient planes."""
+        key = (block, xp)
+        if key not in self._bases:
+            g = self.geometry
+            (gh, gw), (sh, sw), (oh, ow) = self.grad_shape, g.stride, g.out_size
+            if block * gh * gw >= 2 ** 31:
+                raise ValueError(f"max pooling: {block} planes of {gh}x{gw} are too many for 32-bit indices")
+            base = (numpy.arange(block).reshape(-1, 1, 1) * (gh * gw) + numpy.arange(oh).reshape(1, -1, 1) * (sh * gw)
+                    + numpy.arange(ow).reshape(1, 1, -1) * sw)
+            self._bases[key] = backend.to_device(base.astype(numpy.int32), xp)
+        return self._bases[key]
 
     def forward(self, x, y, track=True):
         """y = max over each window; with `track`, keep what backward needs."""
@@ -281,28 +312,37 @@ class MaxPooling(TwoStage):
         g = self.geometry
         planes, out = self._planes(x), self._planes(y)
         nc = planes.shape[0]
-        wins1, wins2 = self._wins(xp, nc)
-        wide = g.phase_cols != g.out_size[1]
+        (kh, kw), (oh, ow), q = g.kernel, g.out_size, g.phase_cols
+        wide = q != ow
+        argmax = self._argmax(xp, nc) if track else None
 
         def block_max(op, p0, p1, block):
             nb = p1 - p0
             buf = op._split(xp, planes[p0:p1], block, -numpy.inf)
             partial = op._partial(xp, nb, x.dtype)
-            op._chain_max(xp, op._stage1_views(buf, nb), partial.reshape(-1),
-                          wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), track)
+            size1 = nb * g.plane_size
+            wins1 = op.scratch.prefix("wins1", (kw - 1, size1), numpy.bool_, xp) if track else None
+            op._chain_max(xp, op._stage1_views(buf, nb), partial.reshape(-1), wins1)
             result = op._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
-            op._chain_max(xp, op._stage2_views(partial), result, wins2[:, p0:p1], track)
+            wins2 = op.scratch.prefix("wins2", (kh - 1, nb, oh, q), numpy.bool_, xp) if track else None
+            op._chain_max(xp, op._stage2_views(partial), result, wins2)
             if wide:
-                out[p0:p1] = result[:, :, :g.out_size[1]]
+                out[p0:p1] = result[:, :, :ow]
+            if track:
+                cols = op._winner(xp, wins1, op.scratch.prefix("cols", (size1,), op.code_dtype, xp))
+                cols = cols.reshape(partial.shape)
+                op._place(xp, wins2, op._stage2_views(cols), argmax[p0:p1], op._base(xp, block)[:nb])
         self._each_block(xp, nc, x.itemsize, block_max)
         self._tracked = track
 
     @staticmethod
-    def _chain_max(xp, views, out, wins, track):
-        """out = max of views; wins[k-1] = views[k] beat everything before it."""
+    def _chain_max(xp, views, out, wins):
+        """out = max of views; with `wins`, wins[k-1] = views[k] beat
+        everything before it."""
         if len(views) == 1:
             xp.copyto(out, views[0])
             return
+        track = wins is not None
         if track:
             xp.greater(views[1], views[0], out=wins[0])
         xp.maximum(views[0], views[1], out=out)
@@ -310,6 +350,38 @@ class MaxPooling(TwoStage):
             if track:
                 xp.greater(views[k], out, out=wins[k - 1])
             xp.maximum(out, views[k], out=out)
+
+    def _winner(self, xp, wins, code):
+        """code = the last k whose wins[k-1] is set (0 if none): the offset
+        that won, a strictly greater value being the only way to take over."""
+        if len(wins) == 0:
+            code.fill(0)
+            return code
+        flags = wins.view(numpy.int8)
+        xp.copyto(code, flags[0])
+        step = self.scratch.prefix("winner_step", code.shape, code.dtype, xp)
+        for k in range(2, len(wins) + 1):
+            xp.multiply(flags[k - 1], code.dtype.type(k), out=step)
+            xp.maximum(code, step, out=code)
+        return code
+
+    def _place(self, xp, wins2, cols, argmax, base):
+        """argmax = base + the winner's offset in its window, i * grad width
+        + j for kernel row i and the column j that won in the row it read
+        (cols[i])."""
+        g = self.geometry
+        gw = self.grad_shape[1]
+        offset = self.scratch.prefix("offset", cols[0].shape, self.code_dtype, xp)
+        xp.copyto(offset, cols[0])
+        if len(cols) > 1:
+            flags = wins2.view(numpy.int8)
+            step = self.scratch.prefix("offset_step", offset.shape, offset.dtype, xp)
+            for i in range(1, len(cols)):
+                xp.add(cols[i], offset.dtype.type(i * gw), out=step)
+                step -= offset
+                step *= flags[i - 1]
+                offset += step
+        xp.add(base, offset[:, :, :g.out_size[1]], out=argmax)
 
     def backward(self, dy, dx, x=None):
         """dx = dy routed to each window's first maximum. After an untracked
@@ -324,48 +396,19 @@ class MaxPooling(TwoStage):
             self.forward(x, self.workspace.get("retrack", dy.shape, dy.dtype, xp), track=True)
         grad, dx_planes = self._planes(dy), self._planes(dx)
         nc = grad.shape[0]
-        wins1, wins2 = self._wins(xp, nc)
+        argmax = self._argmax(xp, nc)
+        (h, w), (ph, pw) = g.in_size, g.pad
+        direct = not self.padded_grad and dx_planes.flags.c_contiguous
 
         def block_grad(op, p0, p1, block):
             nb = p1 - p0
-            top = grad[p0:p1]
-            if g.phase_cols != g.out_size[1]:
-                top = op._wide(xp, block, nb, dy.dtype, "grad")
-                top[:, :, :g.out_size[1]] = grad[p0:p1]
-            partial = op._partial_grad(xp, nb, dy.dtype, add=False)
-            op._chain_backward(xp, top, op._stage2_views(partial), wins2[:, p0:p1], g.overlaps(0), "s2")
-            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=False)
-            op._chain_backward(xp, partial.reshape(-1), op._stage1_views(buf, nb),
-                               wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), g.overlaps(1), "s1")
-            op._merge(buf, dx_planes[p0:p1])
+            target = (dx_planes[p0:p1] if direct else
+                      op.scratch.prefix("grad_planes", (nb,) + op.grad_shape, dy.dtype, xp))
+            target.fill(0)
+            xp.add.at(target.reshape(-1), argmax[p0:p1].reshape(-1), grad[p0:p1].reshape(-1))
+            if not direct:
+                dx_planes[p0:p1] = target[:, ph:ph + h, pw:pw + w]
         self._each_block(xp, nc, dy.itemsize, block_grad)
-
-    def _chain_backward(self, xp, grad, views, wins, overlapping, tag):
-        """Undo _chain_max: views[k] (+)= the part of grad views[k] won."""
-        if len(views) == 1:
-            if overlapping:
-                views[0][...] += grad
-            else:
-                xp.copyto(views[0], grad)
-            return
-        rest = self.scratch.prefix(tag + "_rest", grad.shape, grad.dtype, xp)
-        taken = self.scratch.prefix(tag + "_taken", grad.shape, grad.dtype, xp)
-        remaining = grad
-        for k in range(len(views) - 1, 0, -1):
-            if overlapping:
-                xp.multiply(remaining, wins[k - 1], out=taken)
-                views[k] += taken
-            else:
-                xp.multiply(remaining, wins[k - 1], out=views[k])
-                taken = views[k]
-            # What views[k] did not take goes on down the chain; the last
-            # remainder belongs to views[0] (written there directly when no
-            # other window shares its elements).
-            last = k == 1 and not overlapping
-            xp.subtract(remaining, taken, out=views[0] if last else rest)
-            remaining = rest
-        if overlapping:
-            views[0] += remaining
 
     def mask(self, out):
         """Caffe's mask top: each window's argmax as h * W + w in the unpadded
@@ -374,26 +417,10 @@ class MaxPooling(TwoStage):
             return kernels.max_pool_mask(self, out)
         xp = backend.get_array_module(out)
         g = self.geometry
-        (sh, sw), (ph, pw) = g.stride, g.pad
-        oh, ow = g.out_size
-        nc = out.size // (oh * ow)
-        wins1, wins2 = self._wins(xp, nc)
-        # The winning kernel row per window, then the winning column in that row.
-        row = self._last_true(xp, wins2, (nc, oh, g.phase_cols))[:, :, :ow]
-        col = self._last_true(xp, wins1, (nc, g.row_phases * g.phase_rows, g.phase_cols))[:, :, :ow]
-        oh_index = xp.arange(oh).reshape(1, oh, 1)
-        col = xp.take_along_axis(col, g.partial_row(oh_index, row), axis=1)
-        h = oh_index * sh + row - ph
-        w = xp.arange(ow).reshape(1, 1, ow) * sw + col - pw
-        out.reshape(nc, oh, ow)[...] = h * g.in_size[1] + w
-
-    @staticmethod
-    def _last_true(xp, wins, shape):
-        """Per element, the last k whose wins[k-1] is set (0 if none): the winner."""
-        winner = xp.zeros(shape, numpy.int64)
-        for k in range(1, wins.shape[0] + 1):
-            winner = xp.maximum(winner, wins[k - 1].reshape(shape) * k)
-        return winner
+        (gh, gw), (ph, pw) = self.grad_shape, g.pad
+        nc = out.size // (g.out_size[0] * g.out_size[1])
+        local = self._argmax(xp, nc) % (gh * gw)
+        out.reshape(local.shape)[...] = (local // gw - ph) * g.in_size[1] + local % gw - pw
 
 
 class GlobalMaxPooling:
