@@ -90,16 +90,13 @@ class PoolGeometry:
         if self.direct:
             self.phase_rows = in_size[0]
         self.plane_size = self.row_phases * self.phase_rows * self.phase_cols   # one plane of h
-
-    def overlaps(self, axis):
-        return self.stride[axis] < self.kernel[axis]
-
-    def partial_row(self, oh, i):
-        """Row of the stage-1 result that kernel row i of output row oh reads."""
-        sh = self.stride[0]
-        if self.direct:
-            return oh * sh + i
-        return (i % sh) * self.phase_rows + oh + i // sh
+        # Stage 2 reads each row phase of h as one flat slice over all planes,
+        # shifted by i // s_h rows, so its results come with the garbage rows
+        # of that shift too ((planes, result_rows, Q)), and its last slice
+        # reads partial_slack elements past the end of h. Direct geometries
+        # keep their rows in order and step through them (no garbage rows).
+        self.result_rows = out_size[0] if self.direct else self.phase_rows
+        self.partial_slack = 0 if self.direct else (kh - 1) // sh * self.phase_cols
 
 
 # Pooling's blocks are split over the ops' threads only where that measures
@@ -179,8 +176,10 @@ class TwoStage:
         return self.scratch.get(name, (g.stride[1], block * g.plane_size + g.slack), dtype, xp, fill=fill)
 
     def _phase_view(self, buf, nb, column_phase):
+        """(s_h, nb, Hq, Q): row phases outermost, so that stage 1 leaves each
+        row phase of h contiguous over all planes."""
         g = self.geometry
-        return buf[column_phase, :nb * g.plane_size].reshape(nb, g.stride[0], g.phase_rows, g.phase_cols)
+        return buf[column_phase, :nb * g.plane_size].reshape(g.row_phases, nb, g.phase_rows, g.phase_cols)
 
     def _split(self, xp, planes, block, fill):
         """Copy a block of input planes into its phase buffer, padded with
@@ -189,12 +188,14 @@ class TwoStage:
         g = self.geometry
         if g.direct:
             return planes.reshape(-1)
-        buf = self._phase_buffer(xp, "source", block, planes.dtype, fill)
         nb = planes.shape[0]
+        # Where the padding lies depends on the number of planes (row phases
+        # come first): a shorter last block keeps a buffer of its own.
+        buf = self._phase_buffer(xp, "source" if nb == block else "source_last", nb, planes.dtype, fill)
         for r, m0, m1, cols in g.col_ranges:
             phase = self._phase_view(buf, nb, r)
             for p, q0, q1, rows in g.row_ranges:
-                phase[:, p, q0:q1, m0:m1] = planes[:, rows, cols]
+                phase[p, :, q0:q1, m0:m1] = planes[:, rows, cols]
         return buf
 
     def _merge(self, buf, dx_planes):
@@ -208,7 +209,7 @@ class TwoStage:
         for r, m0, m1, cols in g.col_ranges:
             phase = self._phase_view(buf, nb, r)
             for p, q0, q1, rows in g.row_ranges:
-                dx_planes[:, rows, cols] = phase[:, p, q0:q1, m0:m1]
+                dx_planes[:, rows, cols] = phase[p, :, q0:q1, m0:m1]
 
     def _stage1_views(self, buf, nb):
         """Per kernel column j: column phase j % s_w, shifted by j // s_w."""
@@ -218,48 +219,44 @@ class TwoStage:
         count = nb * g.plane_size
         return [buf[j % g.stride[1], j // g.stride[1]:j // g.stride[1] + count] for j in range(g.kernel[1])]
 
-    def _stage2_views(self, partial):
-        """Per kernel row i: row phase i % s_h of h, shifted by i // s_h rows."""
+    def _stage2_views(self, partial, nb):
+        """Per kernel row i, (nb, result_rows, Q): row phase i % s_h of h (or
+        of anything laid out as h, from _partial), shifted by i // s_h rows."""
         g = self.geometry
-        (oh, sh) = g.out_size[0], g.stride[0]
+        (oh, sh), q = (g.out_size[0], g.stride[0]), g.phase_cols
         if g.direct:
-            return [partial[:, 0, i:i + (oh - 1) * sh + 1:sh] for i in range(g.kernel[0])]
-        return [partial[:, i % g.stride[0], i // g.stride[0]:i // g.stride[0] + oh] for i in range(g.kernel[0])]
+            rows = partial[:nb * g.plane_size].reshape(nb, g.phase_rows, q)
+            return [rows[:, i:i + (oh - 1) * sh + 1:sh] for i in range(g.kernel[0])]
+        count = nb * g.phase_rows * q
+        return [partial[i % sh * count + i // sh * q:][:count].reshape(nb, g.phase_rows, q) for i in range(g.kernel[0])]
 
     def _partial(self, xp, nb, dtype, name="partial"):
+        """Flat: h (nb * plane_size, stage 1's result) and partial_slack more."""
         g = self.geometry
-        return self.scratch.prefix(name, (nb, g.row_phases, g.phase_rows, g.phase_cols), dtype, xp)
+        return self.scratch.prefix(name, (nb * g.plane_size + g.partial_slack,), dtype, xp)
 
-    def _grad_buffer(self, xp, dx_planes, block, add):
-        """Where stage-1 gradients go, zeroed when some element is not
-        assigned (`add`: the chains add rather than assign). Direct
-        geometries write dx itself."""
+    def _grad_buffer(self, xp, dx_planes, block):
+        """Where stage-1 gradients are added up, zeroed. Direct geometries
+        write dx itself."""
         g = self.geometry
-        whole = not add and g.stride[1] == g.kernel[1]
         if g.direct:
-            if not whole:
-                dx_planes.fill(0)
+            dx_planes.fill(0)
             return dx_planes.reshape(-1)
         buf = self._phase_buffer(xp, "grad_source", block, dx_planes.dtype)
-        if not whole:
-            buf.fill(0)
+        buf.fill(0)
         return buf
 
-    def _partial_grad(self, xp, nb, dtype, add):
-        """The zeroed (unless wholly assigned) gradient of the stage-1 result."""
-        g = self.geometry
+    def _partial_grad(self, xp, nb, dtype):
+        """The gradient of the stage-1 result (laid out as _partial), zeroed."""
         partial = self._partial(xp, nb, dtype, "partial_grad")
-        whole = not add and g.stride[0] == g.kernel[0] and (
-            not g.direct or g.out_size[0] * g.stride[0] == g.in_size[0])
-        if not whole:
-            partial.fill(0)
+        partial.fill(0)
         return partial
 
     def _wide(self, xp, block, nb, dtype, name):
-        """(nb, OH, Q): outputs with the garbage columns stage 1 leaves, kept
-        zero (set once, never written)."""
+        """(nb, result_rows, Q): outputs with the garbage rows and columns
+        the stages leave, kept zero (set once, never written)."""
         g = self.geometry
-        return self.scratch.get(name, (block, g.out_size[0], g.phase_cols), dtype, xp, fill=0)[:nb]
+        return self.scratch.get(name, (block, g.result_rows, g.phase_cols), dtype, xp, fill=0)[:nb]
 
 
 class MaxPooling(TwoStage):
@@ -313,7 +310,7 @@ class MaxPooling(TwoStage):
         planes, out = self._planes(x), self._planes(y)
         nc = planes.shape[0]
         (kh, kw), (oh, ow), q = g.kernel, g.out_size, g.phase_cols
-        wide = q != ow
+        wide = (g.result_rows, q) != (oh, ow)
         argmax = self._argmax(xp, nc) if track else None
 
         def block_max(op, p0, p1, block):
@@ -322,16 +319,16 @@ class MaxPooling(TwoStage):
             partial = op._partial(xp, nb, x.dtype)
             size1 = nb * g.plane_size
             wins1 = op.scratch.prefix("wins1", (kw - 1, size1), numpy.bool_, xp) if track else None
-            op._chain_max(xp, op._stage1_views(buf, nb), partial.reshape(-1), wins1)
+            op._chain_max(xp, op._stage1_views(buf, nb), partial[:size1], wins1)
             result = op._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
-            wins2 = op.scratch.prefix("wins2", (kh - 1, nb, oh, q), numpy.bool_, xp) if track else None
-            op._chain_max(xp, op._stage2_views(partial), result, wins2)
+            wins2 = op.scratch.prefix("wins2", (kh - 1, nb, g.result_rows, q), numpy.bool_, xp) if track else None
+            op._chain_max(xp, op._stage2_views(partial, nb), result, wins2)
             if wide:
-                out[p0:p1] = result[:, :, :ow]
+                out[p0:p1] = result[:, :oh, :ow]
             if track:
-                cols = op._winner(xp, wins1, op.scratch.prefix("cols", (size1,), op.code_dtype, xp))
-                cols = cols.reshape(partial.shape)
-                op._place(xp, wins2, op._stage2_views(cols), argmax[p0:p1], op._base(xp, block)[:nb])
+                cols = op.scratch.prefix("cols", partial.shape, op.code_dtype, xp)
+                op._winner(xp, wins1, cols[:size1])
+                op._place(xp, wins2, op._stage2_views(cols, nb), argmax[p0:p1], op._base(xp, block)[:nb])
         self._each_block(xp, nc, x.itemsize, block_max)
         self._tracked = track
 
@@ -381,7 +378,7 @@ class MaxPooling(TwoStage):
                 step -= offset
                 step *= flags[i - 1]
                 offset += step
-        xp.add(base, offset[:, :, :g.out_size[1]], out=argmax)
+        xp.add(base, offset[:, :g.out_size[0], :g.out_size[1]], out=argmax)
 
     def backward(self, dy, dx, x=None):
         """dx = dy routed to each window's first maximum. After an untracked

@@ -10,9 +10,10 @@ import numpy
 import pytest
 
 from pycaffe_dist import ops
+from pycaffe_dist.ops import average_pooling, pooling
 from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
-from tests.layers.test_vision import F64, blob, caffe_pooled_size, distinct, make_layer
+from tests.layers.test_vision import F64, blob, caffe_pooled_size, distinct, make_layer, naive_pool
 
 CASES = [
     # (shape, kernel, stride, pad)
@@ -56,11 +57,14 @@ def pool_op(shape, kernel, stride, pad):
     return ops.MaxPooling(ops.PoolGeometry(kernel, stride, pad, (h, w), out)), shape[:2] + out
 
 
-@pytest.fixture(params=["one block", "blocks of 1-2 planes"])
+@pytest.fixture(params=["one block", "one plane per block", "a shorter last block"])
 def blocks(request, monkeypatch):
-    from pycaffe_dist.ops import pooling
-    if request.param != "one block":
-        monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES", 400)
+    """Sets the planes per block for an op's geometry, planes and dtype."""
+    def set_blocks(geometry, planes, dtype):
+        per_block = {"one block": planes, "one plane per block": 1}.get(request.param, planes // 2 + 1)
+        monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES",
+                            per_block * geometry.plane_size * geometry.stride[1] * numpy.dtype(dtype).itemsize)
+    return set_blocks
 
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
@@ -69,6 +73,7 @@ def test_max_pooling_matches_caffe_loops_with_ties(shape, kernel, stride, pad, d
     rng = numpy.random.default_rng(3)
     x = rng.integers(0, 3, shape).astype(dtype)         # ties in nearly every window
     op, out_shape = pool_op(shape, kernel, stride, pad)
+    blocks(op.geometry, shape[0] * shape[1], dtype)
     y, mask, gradient = caffe_max_pool(x.astype(F64), kernel, stride, pad)
     got = numpy.empty(out_shape, dtype)
     for _ in range(2):                                  # the second time with the buffers of the first
@@ -106,3 +111,20 @@ def test_max_pooling_gradients_of_the_new_edge_cases(shape, kernel, stride, pad)
     layer = make_layer('name: "p" type: "Pooling" pooling_param { pool: MAX %s }' % fields)
     rng = numpy.random.default_rng(9)
     check_gradient(layer, [blob(distinct(rng, shape))], [Blob((), dtype=F64)], max_points=60)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad", [c for c in CASES if c is not CASES[3]])   # no empty window
+def test_average_pooling_in_two_stages_matches_caffe_loops(shape, kernel, stride, pad, blocks):
+    """The phase layout max pooling shares, through AVE's two stages."""
+    rng = numpy.random.default_rng(4)
+    x = rng.standard_normal(shape)
+    h, w = shape[2:]
+    out = tuple(ops.pooled_size(s, k, st, p) for s, k, st, p in zip((h, w), kernel, stride, pad))
+    op = average_pooling.AveragePooling(ops.PoolGeometry(kernel, stride, pad, (h, w), out))
+    op.use_gemm = False
+    blocks(op.geometry, shape[0] * shape[1], x.dtype)
+    y = numpy.empty(shape[:2] + out)
+    for _ in range(2):
+        op.forward(x, y)
+        numpy.testing.assert_allclose(y, naive_pool(x, "AVE", kernel, stride, pad)[0], rtol=1e-12, atol=1e-12)
+        x = rng.standard_normal(shape)
