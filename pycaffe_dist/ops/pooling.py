@@ -29,6 +29,7 @@ Average pooling (average_pooling.py) uses the same two stages with sums.
 import copy
 import functools
 import time
+import types
 
 import numpy
 
@@ -129,6 +130,7 @@ class TwoStage:
         self.scratch = Workspace()
         self._copies = []
         self._choices = threads.Choices()
+        self._plans = {}
 
     def _each_block(self, xp, nc, itemsize, body):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
@@ -146,7 +148,7 @@ class TwoStage:
         if at_once:
             while len(self._copies) < lanes:
                 lane = copy.copy(self)
-                lane.scratch, lane._copies, lane._choices = Workspace(), [], threads.Choices()
+                lane.scratch, lane._copies, lane._choices, lane._plans = Workspace(), [], threads.Choices(), {}
                 self._copies.append(lane)
             ops = self._copies[:min(lanes, len(blocks))]
 
@@ -282,24 +284,61 @@ class MaxPooling(TwoStage):
         # Offsets within a window (i * grad width + j) in the narrowest integers that hold them.
         largest = (g.kernel[0] - 1) * self.grad_shape[1] + g.kernel[1] - 1
         self.code_dtype = next(t for t in (numpy.int8, numpy.int16, numpy.int32) if largest <= numpy.iinfo(t).max)
-        self._bases = {}
 
     def _argmax(self, xp, nc):
         return self.workspace.get("argmax", (nc,) + self.geometry.out_size, numpy.int32, xp)
 
-    def _base(self, xp, block):
-        """(block, OH, OW): each window's first element as a flat index into
-        `block` gradient planes."""
-        key = (block, xp)
-        if key not in self._bases:
-            g = self.geometry
-            (gh, gw), (sh, sw), (oh, ow) = self.grad_shape, g.stride, g.out_size
-            if block * gh * gw >= 2 ** 31:
-                raise ValueError(f"max pooling: {block} planes of {gh}x{gw} are too many for 32-bit indices")
-            base = (numpy.arange(block).reshape(-1, 1, 1) * (gh * gw) + numpy.arange(oh).reshape(1, -1, 1) * (sh * gw)
-                    + numpy.arange(ow).reshape(1, 1, -1) * sw)
-            self._bases[key] = backend.to_device(base.astype(numpy.int32), xp)
-        return self._bases[key]
+    def _base(self, xp, nb):
+        """(nb, OH, OW): each window's first element as a flat index into
+        nb gradient planes."""
+        g = self.geometry
+        (gh, gw), (sh, sw), (oh, ow) = self.grad_shape, g.stride, g.out_size
+        if nb * gh * gw >= 2 ** 31:
+            raise ValueError(f"max pooling: {nb} planes of {gh}x{gw} are too many for 32-bit indices")
+        base = (numpy.arange(nb).reshape(-1, 1, 1) * (gh * gw) + numpy.arange(oh).reshape(1, -1, 1) * (sh * gw)
+                + numpy.arange(ow).reshape(1, 1, -1) * sw)
+        return backend.to_device(base.astype(numpy.int32), xp)
+
+    def _plan(self, xp, nb, dtype, track):
+        """The buffers and views a block of nb planes works in, made once
+        (blocks run a few dozen short numpy calls: making views and looking
+        buffers up each time cost as much as half the calls)."""
+        key = (nb, numpy.dtype(dtype), track, xp)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(xp, nb, dtype, track)
+        return plan
+
+    def _make_plan(self, xp, nb, dtype, track):
+        g = self.geometry
+        (kh, kw), (oh, ow), q = g.kernel, g.out_size, g.phase_cols
+        plan = types.SimpleNamespace(source=None, result=None, wins1=None, wins2=None)
+        size1 = nb * g.plane_size
+        if not g.direct:
+            # Padding positions keep -inf from here on; the input positions
+            # are copied in per block.
+            plan.source = xp.full((g.stride[1], size1 + g.slack), -numpy.inf, dtype)
+            plan.copies = [(self._phase_view(plan.source, nb, r)[p, :, q0:q1, m0:m1], (slice(None), rows, cols))
+                           for r, m0, m1, cols in g.col_ranges for p, q0, q1, rows in g.row_ranges]
+            plan.stage1 = self._stage1_views(plan.source, nb)
+        partial = xp.empty(size1 + g.partial_slack, dtype)
+        plan.h, plan.stage2 = partial[:size1], self._stage2_views(partial, nb)
+        if (g.result_rows, q) != (oh, ow):
+            plan.result = xp.zeros((nb, g.result_rows, q), dtype)
+        if track:
+            cols = xp.empty(partial.shape, self.code_dtype)
+            plan.cols, plan.cols2 = cols[:size1], self._stage2_views(cols, nb)
+            # The first win per stage goes straight into the code (0 or 1)
+            # where the code is a byte.
+            plan.code_is_first_win = self.code_dtype == numpy.int8 and kw > 1
+            first = [cols[:size1].view(numpy.bool_)] if plan.code_is_first_win else []
+            plan.wins1 = first + list(xp.empty((kw - 1 - len(first), size1), numpy.bool_))
+            plan.wins2 = xp.empty((kh - 1, nb, g.result_rows, q), numpy.bool_)
+            plan.step1 = xp.empty(size1, self.code_dtype)
+            plan.offset = xp.empty((nb, g.result_rows, q), self.code_dtype)
+            plan.step2 = xp.empty_like(plan.offset)
+            plan.base = self._base(xp, nb)
+        return plan
 
     def forward(self, x, y, track=True):
         """y = max over each window; with `track`, keep what backward needs."""
@@ -309,26 +348,25 @@ class MaxPooling(TwoStage):
         g = self.geometry
         planes, out = self._planes(x), self._planes(y)
         nc = planes.shape[0]
-        (kh, kw), (oh, ow), q = g.kernel, g.out_size, g.phase_cols
-        wide = (g.result_rows, q) != (oh, ow)
+        oh, ow = g.out_size
         argmax = self._argmax(xp, nc) if track else None
 
         def block_max(op, p0, p1, block):
-            nb = p1 - p0
-            buf = op._split(xp, planes[p0:p1], block, -numpy.inf)
-            partial = op._partial(xp, nb, x.dtype)
-            size1 = nb * g.plane_size
-            wins1 = op.scratch.prefix("wins1", (kw - 1, size1), numpy.bool_, xp) if track else None
-            op._chain_max(xp, op._stage1_views(buf, nb), partial[:size1], wins1)
-            result = op._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
-            wins2 = op.scratch.prefix("wins2", (kh - 1, nb, g.result_rows, q), numpy.bool_, xp) if track else None
-            op._chain_max(xp, op._stage2_views(partial, nb), result, wins2)
-            if wide:
+            plan = op._plan(xp, p1 - p0, x.dtype, track)
+            source = planes[p0:p1]
+            if plan.source is None:
+                stage1 = op._stage1_views(source.reshape(-1), p1 - p0)
+            else:
+                for phase, index in plan.copies:
+                    phase[...] = source[index]
+                stage1 = plan.stage1
+            op._chain_max(xp, stage1, plan.h, plan.wins1)
+            result = out[p0:p1] if plan.result is None else plan.result
+            op._chain_max(xp, plan.stage2, result, plan.wins2)
+            if plan.result is not None:
                 out[p0:p1] = result[:, :oh, :ow]
             if track:
-                cols = op.scratch.prefix("cols", partial.shape, op.code_dtype, xp)
-                op._winner(xp, wins1, cols[:size1])
-                op._place(xp, wins2, op._stage2_views(cols, nb), argmax[p0:p1], op._base(xp, block)[:nb])
+                op._place(xp, plan, argmax[p0:p1])
         self._each_block(xp, nc, x.itemsize, block_max)
         self._tracked = track
 
@@ -348,37 +386,32 @@ class MaxPooling(TwoStage):
                 xp.greater(views[k], out, out=wins[k - 1])
             xp.maximum(out, views[k], out=out)
 
-    def _winner(self, xp, wins, code):
-        """code = the last k whose wins[k-1] is set (0 if none): the offset
-        that won, a strictly greater value being the only way to take over."""
-        if len(wins) == 0:
-            code.fill(0)
-            return code
-        flags = wins.view(numpy.int8)
-        xp.copyto(code, flags[0])
-        step = self.scratch.prefix("winner_step", code.shape, code.dtype, xp)
-        for k in range(2, len(wins) + 1):
-            xp.multiply(flags[k - 1], code.dtype.type(k), out=step)
-            xp.maximum(code, step, out=code)
-        return code
-
-    def _place(self, xp, wins2, cols, argmax, base):
-        """argmax = base + the winner's offset in its window, i * grad width
-        + j for kernel row i and the column j that won in the row it read
-        (cols[i])."""
+    def _place(self, xp, plan, argmax):
+        """argmax = the window's first element + the winner's offset in its
+        window: i * grad width + j for kernel row i and the column j that won
+        in the row it read."""
         g = self.geometry
-        gw = self.grad_shape[1]
-        offset = self.scratch.prefix("offset", cols[0].shape, self.code_dtype, xp)
-        xp.copyto(offset, cols[0])
-        if len(cols) > 1:
-            flags = wins2.view(numpy.int8)
-            step = self.scratch.prefix("offset_step", offset.shape, offset.dtype, xp)
-            for i in range(1, len(cols)):
-                xp.add(cols[i], offset.dtype.type(i * gw), out=step)
-                step -= offset
-                step *= flags[i - 1]
-                offset += step
-        xp.add(base, offset[:, :g.out_size[0], :g.out_size[1]], out=argmax)
+        # Per stage-1 element, the last column k whose win is set (0 if
+        # none): only a strictly greater value takes over.
+        cols, wins1 = plan.cols, plan.wins1
+        if not wins1:
+            cols.fill(0)
+        elif not plan.code_is_first_win:
+            xp.copyto(cols, wins1[0])
+        for k in range(2, len(wins1) + 1):
+            xp.multiply(wins1[k - 1].view(numpy.int8), cols.dtype.type(k), out=plan.step1)
+            xp.maximum(cols, plan.step1, out=cols)
+        # Per output, the same down the kernel rows, taking the column that
+        # won in the row.
+        offset, step, gw = plan.offset, plan.step2, self.grad_shape[1]
+        xp.copyto(offset, plan.cols2[0])
+        flags = plan.wins2.view(numpy.int8)
+        for i in range(1, len(plan.cols2)):
+            xp.add(plan.cols2[i], offset.dtype.type(i * gw), out=step)
+            step -= offset
+            step *= flags[i - 1]
+            offset += step
+        xp.add(plan.base, offset[:, :g.out_size[0], :g.out_size[1]], out=argmax)
 
     def backward(self, dy, dx, x=None):
         """dx = dy routed to each window's first maximum. After an untracked
