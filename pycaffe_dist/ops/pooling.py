@@ -101,16 +101,24 @@ class PoolGeometry:
 
 
 # Pooling's blocks are split over the ops' threads only where that measures
-# faster (ops.threads.Choice). Run as a dozen short numpy passes per 256 KB
-# block, the two lanes queue for the GIL: on two idle cores they ran slower
+# faster (ops.threads.Choice). The first code, a dozen short numpy passes
+# per 256 KB block, had its two lanes queue for the GIL: on two idle cores they ran slower
 # than one thread (cifar10_quick pool1 forward/backward 9.5-10.1 /
 # 14.6-15.3 ms on one thread, 13.8-14.1 / 21.9-22.2 ms on two). Bigger
 # blocks for the lanes (LANE_BLOCK_SCALE) measured slower still (best of
 # 12 at load 4.5, pool1 at two threads: 6.8/10.1 ms with 256 KB blocks,
 # 7.8/14.6 with 1 MB, 9.8/19.9 with 2 MB; 6.8/11.6 on one thread).
+# With a plan per block and int8 codes, max pooling's forward runs about 26
+# numpy calls per block and its lanes overlap once blocks are 1 MB (scale
+# 4; paired medians at once / in turn at two threads, load ~2.5,
+# cifar10_quick pool1 and CaffeNet pool1/pool2/pool5: x0.82/0.77/0.82/0.89
+# at scale 4, x0.98/0.94/0.95/1.04 at 2, x0.83/0.80/0.97/0.87 at 8). Its
+# backward is numpy.add.at, which holds the GIL: the Choice keeps it on
+# the calling thread. AVE's two stages (big planes) at scale 4: x0.76-0.85
+# on CaffeNet's shapes, x1.15 on cifar10_quick pool1's, for the Choice to settle.
 # False: always on the calling thread.
 THREADED = True
-LANE_BLOCK_SCALE = 1
+LANE_BLOCK_SCALE = 4
 
 
 class TwoStage:
@@ -132,9 +140,10 @@ class TwoStage:
         self._choices = threads.Choices()
         self._plans = {}
 
-    def _each_block(self, xp, nc, itemsize, body):
+    def _each_block(self, xp, nc, itemsize, body, block=None):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
-        `block` is the longest block's length and `op` the thread's copy.
+        `block` is the longest block's length (given, or chosen here; it is
+        returned) and `op` the thread's copy.
 
         A block's result does not depend on which block or thread it is
         in, so the Choice here is between the one-thread way (this op,
@@ -143,7 +152,10 @@ class TwoStage:
         lanes = threads.count(xp) if THREADED else 1
         choice = self._choices[body.__name__] if lanes > 1 else None
         at_once = choice is not None and (not threads.MEASURED or choice.parallel(lanes))
-        blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
+        if block is None:
+            blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
+        else:
+            blocks = [(p0, min(nc, p0 + block)) for p0 in range(0, nc, block)]
         ops = [self]
         if at_once:
             while len(self._copies) < lanes:
@@ -159,6 +171,7 @@ class TwoStage:
         threads.run([functools.partial(work, op, run) for op, run in zip(ops, threads.split(blocks, len(ops)))])
         if choice is not None and threads.MEASURED:
             choice.record(at_once, time.perf_counter() - start)
+        return block
 
     @staticmethod
     def _planes(x):
@@ -367,7 +380,9 @@ class MaxPooling(TwoStage):
                 out[p0:p1] = result[:, :oh, :ow]
             if track:
                 op._place(xp, plan, argmax[p0:p1])
-        self._each_block(xp, nc, x.itemsize, block_max)
+        # The argmax indices count from the start of their block: backward
+        # goes by the same blocks.
+        self._block = self._each_block(xp, nc, x.itemsize, block_max)
         self._tracked = track
 
     @staticmethod
@@ -438,7 +453,7 @@ class MaxPooling(TwoStage):
             xp.add.at(target.reshape(-1), argmax[p0:p1].reshape(-1), grad[p0:p1].reshape(-1))
             if not direct:
                 dx_planes[p0:p1] = target[:, ph:ph + h, pw:pw + w]
-        self._each_block(xp, nc, dy.itemsize, block_grad)
+        self._each_block(xp, nc, dy.itemsize, block_grad, self._block)
 
     def mask(self, out):
         """Caffe's mask top: each window's argmax as h * W + w in the unpadded

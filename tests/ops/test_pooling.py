@@ -10,7 +10,7 @@ import numpy
 import pytest
 
 from pycaffe_dist import ops
-from pycaffe_dist.ops import average_pooling, pooling
+from pycaffe_dist.ops import average_pooling, pooling, threads
 from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
 from tests.layers.test_vision import F64, blob, caffe_pooled_size, distinct, make_layer, naive_pool
@@ -128,3 +128,22 @@ def test_average_pooling_in_two_stages_matches_caffe_loops(shape, kernel, stride
         op.forward(x, y)
         numpy.testing.assert_allclose(y, naive_pool(x, "AVE", kernel, stride, pad)[0], rtol=1e-12, atol=1e-12)
         x = rng.standard_normal(shape)
+
+
+def test_backward_goes_by_the_blocks_of_the_forward(monkeypatch):
+    """Lanes at once take bigger blocks; a backward run in turn must still
+    read the argmax indices by the forward's blocks."""
+    shape, kernel, stride, pad = (3, 5, 9, 11), (3, 3), (2, 2), (1, 1)
+    rng = numpy.random.default_rng(11)
+    x = rng.integers(0, 4, shape).astype(numpy.float32)
+    op, out_shape = pool_op(shape, kernel, stride, pad)
+    monkeypatch.setattr(pooling, "PLANE_BLOCK_BYTES", op.geometry.plane_size * op.geometry.stride[1] * 4)
+    monkeypatch.setattr(pooling, "LANE_BLOCK_SCALE", 3)
+    monkeypatch.setattr(threads, "MEASURED", False)
+    monkeypatch.setattr(threads, "count", lambda xp=None: 2)
+    op.forward(x, numpy.empty(out_shape, numpy.float32))      # 2 lanes, blocks of 3 planes
+    monkeypatch.setattr(pooling, "THREADED", False)           # in turn: blocks of 1 plane, were it not for the forward
+    dy = rng.standard_normal(out_shape).astype(numpy.float32)
+    dx = numpy.empty(shape, numpy.float32)
+    op.backward(dy, dx)
+    numpy.testing.assert_array_equal(dx, caffe_max_pool(x.astype(F64), kernel, stride, pad)[2](dy))
