@@ -1,0 +1,159 @@
+"""Max pooling (3x3, stride 2, Caffe's round-up) on the nets' shapes:
+pycaffe_dist vs PyTorch CPU, and optionally vs another pycaffe_dist tree.
+
+Layers: cifar10_quick's pool1 (batch 100) and CaffeNet's pool1, pool2 and
+pool5 (batch 16). Per thread count, each runner's forward (tracked, as in
+TRAIN) and backward alternate in rounds in this one process; the table
+gives the best of each and the median over rounds of the per-round ratio
+(ours / theirs). PyTorch runs max_pool2d_with_indices(ceil_mode=True) and
+its backward. With --against TREE, TREE's ops/pooling.py (another checkout,
+e.g. the main branch) runs as a third runner, "before"; with --step, whole
+cifar10_quick training steps (batch 100) alternate between a net with this
+tree's max pooling and one with TREE's.
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_pooling.py [--threads 1,2] [--rounds 16]
+        [--layers c10q.pool1,cn.pool1,cn.pool2,cn.pool5] [--against ../main] [--step]
+"""
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+LAYERS = {"c10q.pool1": (100, 32, 32, 32), "cn.pool1": (16, 96, 55, 55), "cn.pool2": (16, 256, 27, 27),
+          "cn.pool5": (16, 256, 13, 13)}
+
+
+def load_pooling(tree):
+    """TREE's pycaffe_dist/ops/pooling.py as a module of this package (it
+    imports backend, kernels, threads and workspace from here)."""
+    spec = importlib.util.spec_from_file_location("pycaffe_dist.ops.pooling_against",
+                                                  os.path.join(tree, "pycaffe_dist", "ops", "pooling.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def best_of(f, repeat=3):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def layer_runners(shape, before):
+    """{runner: (forward, backward)} on one layer's shape."""
+    import numpy
+    import torch
+    from pycaffe_dist import ops
+    n, c, h, w = shape
+    out = tuple(ops.pooled_size(s, 3, 2, 0) for s in (h, w))
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=numpy.float32)
+    dy = rng.standard_normal((n, c) + out, dtype=numpy.float32)
+    runners = {}
+    modules = {"ours": ops.pooling}
+    if before is not None:
+        modules["before"] = before
+    for name, module in modules.items():
+        op = module.MaxPooling(module.PoolGeometry((3, 3), (2, 2), (0, 0), (h, w), out))
+        y, dx = numpy.empty(dy.shape, numpy.float32), numpy.empty_like(x)
+        runners[name] = (lambda op=op, y=y: op.forward(x, y), lambda op=op, dx=dx: op.backward(dy, dx, x))
+    tx, tdy, kept = torch.from_numpy(x), torch.from_numpy(dy), {}
+
+    def torch_forward():
+        kept["out"] = torch.ops.aten.max_pool2d_with_indices(tx, [3, 3], [2, 2], [0, 0], [1, 1], True)
+
+    def torch_backward():
+        torch.ops.aten.max_pool2d_with_indices_backward(tdy, tx, [3, 3], [2, 2], [0, 0], [1, 1], True,
+                                                        kept["out"][1])
+    runners["pytorch"] = (torch_forward, torch_backward)
+    return runners
+
+
+def set_threads(count):
+    import torch
+    from pycaffe_dist.ops import threads
+    torch.set_num_threads(count)
+    threads.set_count(count)
+
+
+def bench_layers(names, counts, rounds, before):
+    print(f"{'layer':11s} {'threads':>7s} {'pass':>4s} {'runner':>8s} {'best ms':>8s} {'ours/it':>8s}")
+    for name in names:
+        runners = layer_runners(LAYERS[name], before)
+        for count in counts:
+            set_threads(count)
+            for forward, backward in runners.values():     # buffers, and the ops' Choices settle
+                for _ in range(12):
+                    forward()
+                    backward()
+            times = {(r, p): [] for r in runners for p in ("fwd", "bwd")}
+            for k in range(rounds):
+                for runner in (list(runners) if k % 2 else list(runners)[::-1]):
+                    forward, backward = runners[runner]
+                    times[(runner, "fwd")].append(best_of(forward))
+                    times[(runner, "bwd")].append(best_of(backward))
+            for p in ("fwd", "bwd"):
+                for runner in runners:
+                    mine, theirs = times[("ours", p)], times[(runner, p)]
+                    ratio = statistics.median(a / b for a, b in zip(mine, theirs))
+                    print(f"{name:11s} {count:7d} {p:>4s} {runner:>8s} {1e3 * min(theirs):8.2f} {ratio:8.2f}")
+    set_threads(1)
+
+
+def bench_step(counts, rounds, before):
+    """Whole cifar10_quick steps, this tree's max pooling against TREE's."""
+    from bench_step import pycaffe_solver
+    solvers = {"ours": pycaffe_solver("cifar10_quick"), "before": pycaffe_solver("cifar10_quick")}
+    for layer in solvers["before"].net.layers:
+        op = getattr(layer, "op", None)
+        if type(op).__name__ == "MaxPooling":
+            g = op.geometry
+            layer.op = before.MaxPooling(before.PoolGeometry(g.kernel, g.stride, g.pad, g.in_size, g.out_size))
+    print(f"{'net':13s} {'threads':>7s} {'runner':>8s} {'best ms':>8s} {'ours/it':>8s}")
+    for count in counts:
+        set_threads(count)
+        for solver in solvers.values():
+            for _ in range(10):
+                solver.step(1)
+        times = {r: [] for r in solvers}
+        for k in range(rounds):
+            for runner in (list(solvers) if k % 2 else list(solvers)[::-1]):
+                times[runner].append(best_of(lambda solver=solvers[runner]: solver.step(1), 2))
+        for runner in solvers:
+            ratio = statistics.median(a / b for a, b in zip(times["ours"], times[runner]))
+            print(f"{'cifar10_quick':13s} {count:7d} {runner:>8s} {1e3 * min(times[runner]):8.2f} {ratio:8.2f}")
+    set_threads(1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--against", help="another pycaffe_dist checkout, run as 'before'")
+    parser.add_argument("--step", action="store_true", help="whole cifar10_quick steps against --against's pooling")
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.threads.split(",")]
+    before = load_pooling(args.against) if args.against else None
+    print(f"# load average {os.getloadavg()[0]:.2f} at start")
+    if args.step:
+        if before is None:
+            parser.error("--step needs --against")
+        bench_step(counts, args.rounds, before)
+    else:
+        bench_layers(args.layers.split(","), counts, args.rounds, before)
+    print(f"# load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
