@@ -6,7 +6,7 @@ pool5 (batch 16). Per thread count, each runner's forward (tracked, as in
 TRAIN) and backward alternate in rounds in this one process; the table
 gives the best of each and the median over rounds of the per-round ratio
 (ours / theirs). PyTorch runs max_pool2d_with_indices(ceil_mode=True) and
-its backward. With --against TREE, TREE's ops/pooling.py (another checkout,
+its backward. With --against TREE, TREE's max pooling (another checkout,
 e.g. the main branch) runs as a third runner, "before"; with --step, whole
 cifar10_quick training steps (batch 100) alternate between a net with this
 tree's max pooling and one with TREE's.
@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -29,13 +30,29 @@ LAYERS = {"c10q.pool1": (100, 32, 32, 32), "cn.pool1": (16, 96, 55, 55), "cn.poo
           "cn.pool5": (16, 256, 13, 13)}
 
 
-def load_pooling(tree):
-    """TREE's pycaffe_dist/ops/pooling.py as a module of this package (it
-    imports backend, kernels, threads and workspace from here)."""
-    spec = importlib.util.spec_from_file_location("pycaffe_dist.ops.pooling_against",
-                                                  os.path.join(tree, "pycaffe_dist", "ops", "pooling.py"))
+def load_module(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def load_pooling(tree):
+    """TREE's MaxPooling and PoolGeometry, loaded as modules of this
+    package (they import backend, kernels, threads and workspace from
+    here): ops/pooling.py, and ops/max_pooling.py where TREE has one."""
+    ops_dir = os.path.join(tree, "pycaffe_dist", "ops")
+    pooling = load_module("pycaffe_dist.ops.pooling_against", os.path.join(ops_dir, "pooling.py"))
+    path = os.path.join(ops_dir, "max_pooling.py")
+    if not os.path.exists(path):
+        return pooling
+    with open(path) as f:
+        source = f.read().replace("from .pooling import", "from .pooling_against import")
+    module = types.ModuleType("pycaffe_dist.ops.max_pooling_against")
+    module.__package__ = "pycaffe_dist.ops"
+    exec(compile(source, path, "exec"), module.__dict__)
+    module.PoolGeometry = pooling.PoolGeometry
     return module
 
 
@@ -59,7 +76,7 @@ def layer_runners(shape, before):
     x = rng.standard_normal(shape, dtype=numpy.float32)
     dy = rng.standard_normal((n, c) + out, dtype=numpy.float32)
     runners = {}
-    modules = {"ours": ops.pooling}
+    modules = {"ours": types.SimpleNamespace(MaxPooling=ops.MaxPooling, PoolGeometry=ops.PoolGeometry)}
     if before is not None:
         modules["before"] = before
     for name, module in modules.items():
