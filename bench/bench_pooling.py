@@ -9,10 +9,11 @@ gives the best of each and the median over rounds of the per-round ratio
 its backward. With --against TREE, TREE's max pooling (another checkout,
 e.g. the main branch) runs as a third runner, "before"; with --step, whole
 cifar10_quick training steps (batch 100) alternate between a net with this
-tree's max pooling and one with TREE's.
+tree's max pooling and one with TREE's, and with --in-net the two nets run
+layer by layer (as `pycaffe-dist time` does) and pool1 is timed inside them.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_pooling.py [--threads 1,2] [--rounds 16]
-        [--layers c10q.pool1,cn.pool1,cn.pool2,cn.pool5] [--against ../main] [--step]
+        [--layers c10q.pool1,cn.pool1,cn.pool2,cn.pool5] [--against ../main] [--step | --in-net]
 """
 import argparse
 import importlib.util
@@ -126,8 +127,8 @@ def bench_layers(names, counts, rounds, before):
     set_threads(1)
 
 
-def bench_step(counts, rounds, before):
-    """Whole cifar10_quick steps, this tree's max pooling against TREE's."""
+def two_solvers(before):
+    """cifar10_quick solvers, one with TREE's max pooling ops."""
     from bench_step import pycaffe_solver
     solvers = {"ours": pycaffe_solver("cifar10_quick"), "before": pycaffe_solver("cifar10_quick")}
     for layer in solvers["before"].net.layers:
@@ -135,6 +136,41 @@ def bench_step(counts, rounds, before):
         if type(op).__name__ == "MaxPooling":
             g = op.geometry
             layer.op = before.MaxPooling(before.PoolGeometry(g.kernel, g.stride, g.pad, g.in_size, g.out_size))
+    return solvers
+
+
+def bench_in_net(counts, rounds, before, name="pool1"):
+    """`name` timed inside whole forward and backward passes run layer by layer."""
+    nets = {runner: solver.net for runner, solver in two_solvers(before).items()}
+    print(f"{'layer':11s} {'threads':>7s} {'pass':>4s} {'runner':>8s} {'best ms':>8s} {'ours/it':>8s}")
+    for count in counts:
+        set_threads(count)
+        times = {(r, p): [] for r in nets for p in ("fwd", "bwd")}
+        for k in range(rounds + 10):
+            for runner in (list(nets) if k % 2 else list(nets)[::-1]):
+                net = nets[runner]
+                at = net.layer_names.index(name)
+                for i in range(len(net.layers)):
+                    start = time.perf_counter()
+                    net.forward(i, i)
+                    if i == at and k >= 10:     # the first 10: buffers, and the ops' Choices settle
+                        times[(runner, "fwd")].append(time.perf_counter() - start)
+                for i in range(len(net.layers) - 1, -1, -1):
+                    start = time.perf_counter()
+                    net.backward(i, i)
+                    if i == at and k >= 10:
+                        times[(runner, "bwd")].append(time.perf_counter() - start)
+        for p in ("fwd", "bwd"):
+            for runner in nets:
+                mine, theirs = times[("ours", p)], times[(runner, p)]
+                ratio = statistics.median(a / b for a, b in zip(mine, theirs))
+                print(f"{name:11s} {count:7d} {p:>4s} {runner:>8s} {1e3 * min(theirs):8.2f} {ratio:8.2f}")
+    set_threads(1)
+
+
+def bench_step(counts, rounds, before):
+    """Whole cifar10_quick steps, this tree's max pooling against TREE's."""
+    solvers = two_solvers(before)
     print(f"{'net':13s} {'threads':>7s} {'runner':>8s} {'best ms':>8s} {'ours/it':>8s}")
     for count in counts:
         set_threads(count)
@@ -158,14 +194,17 @@ def main(argv=None):
     parser.add_argument("--layers", default=",".join(LAYERS))
     parser.add_argument("--against", help="another pycaffe_dist checkout, run as 'before'")
     parser.add_argument("--step", action="store_true", help="whole cifar10_quick steps against --against's pooling")
+    parser.add_argument("--in-net", action="store_true", help="pool1 inside cifar10_quick against --against's")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.threads.split(",")]
     before = load_pooling(args.against) if args.against else None
     print(f"# load average {os.getloadavg()[0]:.2f} at start")
+    if (args.step or args.in_net) and before is None:
+        parser.error("--step and --in-net need --against")
     if args.step:
-        if before is None:
-            parser.error("--step needs --against")
         bench_step(counts, args.rounds, before)
+    elif args.in_net:
+        bench_in_net(counts, args.rounds, before)
     else:
         bench_layers(args.layers.split(","), counts, args.rounds, before)
     print(f"# load average {os.getloadavg()[0]:.2f} at end")
