@@ -78,10 +78,10 @@ class AveragePooling(TwoStage):
             nb = p1 - p0
             buf = op._split(xp, planes[p0:p1], block, 0)
             partial = op._partial(xp, nb, x.dtype)
-            op._sum(xp, op._stage1_views(buf, nb), partial.reshape(-1))
+            op._sum(xp, op._stage1_views(buf, nb), partial[:nb * g.plane_size])
             result = op._wide(xp, block, nb, x.dtype, "result")
-            op._sum(xp, op._stage2_views(partial), result)
-            xp.multiply(result[:, :, :g.out_size[1]], inverse, out=out[p0:p1])
+            op._sum(xp, op._stage2_views(partial, nb), result)
+            xp.multiply(result[:, :g.out_size[0], :g.out_size[1]], inverse, out=out[p0:p1])
         self._each_block(xp, planes.shape[0], x.itemsize, block_average)
 
     @staticmethod
@@ -105,12 +105,12 @@ class AveragePooling(TwoStage):
         def block_grad(op, p0, p1, block):
             nb = p1 - p0
             scaled = op._wide(xp, block, nb, dy.dtype, "grad")
-            xp.multiply(grad[p0:p1], inverse, out=scaled[:, :, :g.out_size[1]])
-            partial = op._partial_grad(xp, nb, dy.dtype, add=True)
-            for view in op._stage2_views(partial):
+            xp.multiply(grad[p0:p1], inverse, out=scaled[:, :g.out_size[0], :g.out_size[1]])
+            partial = op._partial_grad(xp, nb, dy.dtype)
+            for view in op._stage2_views(partial, nb):
                 view += scaled
-            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=True)
+            buf = op._grad_buffer(xp, dx_planes[p0:p1], block)
             for view in op._stage1_views(buf, nb):
-                view += partial.reshape(-1)
+                view += partial[:nb * g.plane_size]
             op._merge(buf, dx_planes[p0:p1])
         self._each_block(xp, grad.shape[0], dy.itemsize, block_grad)
