@@ -22,12 +22,16 @@ GEMM_FACTOR = 32
 
 def _average_weights(size, kernel, stride, pad, out):
     """(out, size) matrix of one axis' window weights: 1/extent on the window
-    clipped to the input, where extent counts padding up to size + pad."""
+    clipped to the input, where extent counts padding up to size + pad. A
+    window that rounding up starts past the input holds none of it and
+    averages to 0 (Caffe divides its empty sum by a size of 0 or less:
+    NaN, or 0)."""
     weights = numpy.zeros((out, size))
     for o in range(out):
         start = o * stride - pad
         end = min(start + kernel, size + pad)
-        weights[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
+        if min(end, size) > max(start, 0):
+            weights[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
     return weights
 
 

@@ -41,6 +41,9 @@ class MaxPooling(TwoStage):
         # Offsets within a window (i * grad width + j) in the narrowest integers that hold them.
         largest = (g.kernel[0] - 1) * self.grad_shape[1] + g.kernel[1] - 1
         self.code_dtype = next(t for t in (numpy.int8, numpy.int16, numpy.int32) if largest <= numpy.iinfo(t).max)
+        # Without padding, rounding up may add windows that start past the input: they hold none of
+        # it, and give 0 with mask -1 and no gradient (Caffe: -FLT_MAX), from these rows and columns on.
+        self.empty_from = (-(-(h + ph) // sh), -(-(w + pw) // sw))
 
     def _argmax(self, xp, nc):
         return self.workspace.get("argmax", (nc,) + self.geometry.out_size, numpy.int32, xp)
@@ -128,6 +131,12 @@ class MaxPooling(TwoStage):
         # goes by the same blocks.
         self._block = self._each_block(xp, nc, x.itemsize, block_max)
         self._tracked = track
+        self._fill_empty(y, 0)
+
+    def _fill_empty(self, out, value):
+        rows, cols = self.empty_from
+        out[..., rows:, :] = value
+        out[..., cols:] = value
 
     @staticmethod
     def _chain_max(xp, views, out, wins):
@@ -210,6 +219,7 @@ class MaxPooling(TwoStage):
         nc = out.size // (g.out_size[0] * g.out_size[1])
         local = self._argmax(xp, nc) % (gh * gw)
         out.reshape(local.shape)[...] = (local // gw - ph) * g.in_size[1] + local % gw - pw
+        self._fill_empty(out, -1)
 
 
 class GlobalMaxPooling:

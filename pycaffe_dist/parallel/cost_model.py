@@ -22,9 +22,10 @@ wire's latency). A ring or a tree passes data along chains of ranks, so a
 rank cannot finish a step before both its neighbours have had a turn; as
 measured here (bench/bench_cluster.py), their bytes and additions then
 cost what they cost in a 2-rank exchange of a buffer far larger than the
-caches (beta_shared, gamma_shared), whatever the message size. Halving-doubling exchanges with one partner per step, and a
-pair that shares the cores finishes its step at the 2-rank rates of the
-message's own size. Phases in which no more ranks work than there are
+caches (beta_shared, gamma_shared), whatever the message size.
+Halving-doubling exchanges with one partner per step, and a pair that
+shares the cores finishes its step at the 2-rank rates of the message's
+own size. Phases in which no more ranks work than there are
 cores (the fold of 3 ranks into 2 on 2 cores) cost what they cost with
 one rank per core.
 """

@@ -79,9 +79,10 @@ def test_max_pooling_matches_caffe_loops_with_ties(shape, kernel, stride, pad, d
     for _ in range(2):                                  # the second time with the buffers of the first
         op.forward(x, got)
         numpy.testing.assert_array_equal(got[mask >= 0], y[mask >= 0])
+        assert (got[mask < 0] == 0).all()        # a window past the input: 0 (Caffe: -FLT_MAX)
         got_mask = numpy.empty(out_shape)
         op.mask(got_mask)
-        numpy.testing.assert_array_equal(got_mask[mask >= 0], mask[mask >= 0])
+        numpy.testing.assert_array_equal(got_mask, mask)
         dy = rng.standard_normal(out_shape).astype(dtype)
         dx = numpy.full(shape, numpy.nan, dtype)
         op.backward(dy, dx)
@@ -113,20 +114,28 @@ def test_max_pooling_gradients_of_the_new_edge_cases(shape, kernel, stride, pad)
     check_gradient(layer, [blob(distinct(rng, shape))], [Blob((), dtype=F64)], max_points=60)
 
 
-@pytest.mark.parametrize("shape, kernel, stride, pad", [c for c in CASES if c is not CASES[3]])   # no empty window
-def test_average_pooling_in_two_stages_matches_caffe_loops(shape, kernel, stride, pad, blocks):
-    """The phase layout max pooling shares, through AVE's two stages."""
+@pytest.mark.parametrize("gemm", [False, True])
+@pytest.mark.parametrize("shape, kernel, stride, pad", CASES)
+def test_average_pooling_in_two_stages_matches_caffe_loops(shape, kernel, stride, pad, blocks, gemm):
+    """The phase layout max pooling shares, through AVE's two stages (and the
+    GEMM form). A window that starts past the input averages to 0 where
+    Caffe's loop divides an empty sum by 0 (NaN) or by a negative size."""
     rng = numpy.random.default_rng(4)
     x = rng.standard_normal(shape)
     h, w = shape[2:]
     out = tuple(ops.pooled_size(s, k, st, p) for s, k, st, p in zip((h, w), kernel, stride, pad))
     op = average_pooling.AveragePooling(ops.PoolGeometry(kernel, stride, pad, (h, w), out))
-    op.use_gemm = False
+    op.use_gemm = gemm
     blocks(op.geometry, shape[0] * shape[1], x.dtype)
     y = numpy.empty(shape[:2] + out)
     for _ in range(2):
         op.forward(x, y)
-        numpy.testing.assert_allclose(y, naive_pool(x, "AVE", kernel, stride, pad)[0], rtol=1e-12, atol=1e-12)
+        with numpy.errstate(invalid="ignore"):
+            expected = naive_pool(x, "AVE", kernel, stride, pad)[0]
+        if shape == CASES[3][0]:
+            assert numpy.isnan(expected[..., -1]).all() and (y[..., -1] == 0).all()   # 0 / 0 in Caffe
+            assert (y[..., -1, :] == 0).all()                                      # 0 / -2 in Caffe
+        numpy.testing.assert_allclose(y, numpy.nan_to_num(expected, nan=0.0), rtol=1e-12, atol=1e-12)
         x = rng.standard_normal(shape)
 
 
