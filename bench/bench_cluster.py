@@ -10,11 +10,13 @@ checked against:
     (one step of an 8-byte exchange: each rank sends to and receives from
     the other), beta (an exchange of the whole buffer, less alpha, per
     byte), beta_oneway (the buffer sent one way) and gamma (numpy adding
-    two such buffers, per byte);
-  * each R-rank job first times rings of exchanges among all R ranks, of 8
-    bytes and of one 1 MB message piece: with more ranks than cores, the
-    latency and the per-byte cost of a step when the ranks take turns on
-    the cores (Network.alpha_shared and beta_shared; unused otherwise).
+    two such buffers, per byte); and the same beta and gamma on a buffer
+    of LARGE million floats (200 MB), far larger than a core's caches: what a byte
+    costs ranks that take turns on the cores along a ring or a tree
+    (Network.beta_shared and gamma_shared);
+  * each R-rank job first times a ring of 8-byte exchanges among all R
+    ranks: with more ranks than cores, the latency of a step when the
+    ranks take turns on the cores (Network.alpha_shared; unused otherwise).
 
 Then each R-rank job times every point-to-point allreduce, and the table
 puts each beside cost_model.allreduce_seconds' prediction for R ranks on
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 
+LARGE = 50      # million floats of the buffer that calibrates beta_shared and gamma_shared
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -120,32 +123,34 @@ def job(args):
     tiny, tiny_in = numpy.zeros(2, numpy.float32), numpy.zeros(2, numpy.float32)
     steps = 50
     latency = timed(lambda: [ring_step(tiny, tiny_in) for _ in range(steps)], 10) / steps
-    piece, piece_in = (numpy.zeros(algorithms.CHUNK_BYTES // 4, numpy.float32) for _ in range(2))
-    per_byte = max(timed(lambda: [ring_step(piece, piece_in) for _ in range(5)], 10) / 5 - latency, 0.0) / piece.nbytes
-    result = {"latency": latency, "per_byte": per_byte, "sizes": {}}
-    for millions in args.sizes.split(","):
+    result = {"latency": latency, "sizes": {}}
+
+    def rates(millions):
         n = int(float(millions) * 1e6)
+        nbytes, repeat = 4 * n, max(args.repeat, int(20 / float(millions)))
+        buf, scratch = numpy.ones(n, numpy.float32), numpy.ones(n, numpy.float32)
+        exchange = timed(lambda: ring_step(buf, scratch), repeat)
+        transfer = timed(lambda: one_way(buf), repeat)
+        adds = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            buf += scratch
+            adds.append(time.perf_counter() - start)
+        return {"alpha": latency, "beta": max(exchange - latency, 0.0) / nbytes,
+                "beta_oneway": max(transfer - latency, 0.0) / nbytes, "gamma": slowest(min(adds)) / nbytes}
+
+    for millions in args.sizes.split(","):
         if args.job == "calibrate":
-            nbytes, repeat = 4 * n, max(args.repeat, int(20 / float(millions)))
-            buf, scratch = numpy.ones(n, numpy.float32), numpy.ones(n, numpy.float32)
-            exchange = timed(lambda buf=buf, scratch=scratch: ring_step(buf, scratch), repeat)
-            transfer = timed(lambda buf=buf: one_way(buf), repeat)
-            adds = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                buf += scratch
-                adds.append(time.perf_counter() - start)
-            result["sizes"][millions] = {
-                "alpha": latency,
-                "beta": max(exchange - latency, 0.0) / nbytes,
-                "beta_oneway": max(transfer - latency, 0.0) / nbytes,
-                "gamma": slowest(min(adds)) / nbytes}
+            result["sizes"][millions] = rates(millions)
         else:
+            n = int(float(millions) * 1e6)
             buf = numpy.random.default_rng(rank).standard_normal(n).astype(numpy.float32)
             repeat = max(args.repeat, int(20 / float(millions)))
             result["sizes"][millions] = {
                 name: timed(lambda name=name, buf=buf: algorithms.allreduce(comm, buf, name), repeat)
                 for name in algorithms.POINT_TO_POINT}
+    if args.job == "calibrate":
+        result["large"] = result["sizes"].get(str(LARGE)) or rates(LARGE)
     if rank == 0:
         with open(args.out, "w") as f:
             json.dump(result, f)
@@ -164,10 +169,12 @@ def report(results):
     for millions, c in calibration["sizes"].items():
         print("  %4sM floats: alpha %.1f us, beta %.2f GB/s exchanged, %.2f GB/s one way, gamma %.2f GB/s summed"
               % (millions, c["alpha"] * 1e6, _rate(c["beta"]), _rate(c["beta_oneway"]), _rate(c["gamma"])))
+    large = calibration.get("large") or calibration["sizes"][max(calibration["sizes"], key=float)]
+    print("  a buffer of %dM floats: beta %.2f GB/s exchanged, gamma %.2f GB/s summed (beta_shared, gamma_shared)"
+          % (LARGE, _rate(large["beta"]), _rate(large["gamma"])))
     for ranks, run in results["runs"].items():
-        print("  %s ranks, all exchanging around a ring: a step of 8 bytes %.1f us, 1 MB pieces at %.2f GB/s%s"
-              % (ranks, run["latency"] * 1e6, _rate(run["per_byte"]),
-                 " (alpha_shared, beta_shared)" if int(ranks) > cores else " (not used)"))
+        print("  %s ranks, all exchanging around a ring: a step of 8 bytes %.1f us%s"
+              % (ranks, run["latency"] * 1e6, " (alpha_shared)" if int(ranks) > cores else " (not used)"))
     print()
     print("%-6s %-6s %-18s %12s %12s %8s" % ("ranks", "size", "algorithm", "measured ms", "model ms", "error"))
     errors = []
@@ -176,7 +183,8 @@ def report(results):
         for millions, measured in run["sizes"].items():
             c = calibration["sizes"][millions]
             net = cost_model.Network(alpha=c["alpha"], beta=c["beta"], gamma=c["gamma"], beta_oneway=c["beta_oneway"],
-                                     cores=cores, alpha_shared=run["latency"], beta_shared=run["per_byte"])
+                                     cores=cores, alpha_shared=run["latency"], beta_shared=large["beta"],
+                                     gamma_shared=large["gamma"])
             for name in algorithms.POINT_TO_POINT:
                 predicted = cost_model.allreduce_seconds(name, 4e6 * float(millions), p, net)
                 error = predicted / measured[name] - 1

@@ -7,6 +7,7 @@ from .conv import ConvGeometry, Convolution, conv_out_size  # noqa: F401
 from .im2col import Im2col  # noqa: F401
 from .lrn import LRN  # noqa: F401
 from .average_pooling import AveragePooling  # noqa: F401
-from .pooling import GlobalMaxPooling, MaxPooling, PoolGeometry, pooled_size  # noqa: F401
+from .max_pooling import GlobalMaxPooling, MaxPooling  # noqa: F401
+from .pooling import PoolGeometry, pooled_size  # noqa: F401
 from .stochastic_pool import StochasticPooling  # noqa: F401
 from .workspace import Workspace  # noqa: F401

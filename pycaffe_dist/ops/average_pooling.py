@@ -22,12 +22,16 @@ GEMM_FACTOR = 32
 
 def _average_weights(size, kernel, stride, pad, out):
     """(out, size) matrix of one axis' window weights: 1/extent on the window
-    clipped to the input, where extent counts padding up to size + pad."""
+    clipped to the input, where extent counts padding up to size + pad. A
+    window that rounding up starts past the input holds none of it and
+    averages to 0 (Caffe divides its empty sum by a size of 0 or less:
+    NaN, or 0)."""
     weights = numpy.zeros((out, size))
     for o in range(out):
         start = o * stride - pad
         end = min(start + kernel, size + pad)
-        weights[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
+        if min(end, size) > max(start, 0):
+            weights[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
     return weights
 
 
@@ -78,10 +82,10 @@ class AveragePooling(TwoStage):
             nb = p1 - p0
             buf = op._split(xp, planes[p0:p1], block, 0)
             partial = op._partial(xp, nb, x.dtype)
-            op._sum(xp, op._stage1_views(buf, nb), partial.reshape(-1))
+            op._sum(xp, op._stage1_views(buf, nb), partial[:nb * g.plane_size])
             result = op._wide(xp, block, nb, x.dtype, "result")
-            op._sum(xp, op._stage2_views(partial), result)
-            xp.multiply(result[:, :, :g.out_size[1]], inverse, out=out[p0:p1])
+            op._sum(xp, op._stage2_views(partial, nb), result)
+            xp.multiply(result[:, :g.out_size[0], :g.out_size[1]], inverse, out=out[p0:p1])
         self._each_block(xp, planes.shape[0], x.itemsize, block_average)
 
     @staticmethod
@@ -105,12 +109,12 @@ class AveragePooling(TwoStage):
         def block_grad(op, p0, p1, block):
             nb = p1 - p0
             scaled = op._wide(xp, block, nb, dy.dtype, "grad")
-            xp.multiply(grad[p0:p1], inverse, out=scaled[:, :, :g.out_size[1]])
-            partial = op._partial_grad(xp, nb, dy.dtype, add=True)
-            for view in op._stage2_views(partial):
+            xp.multiply(grad[p0:p1], inverse, out=scaled[:, :g.out_size[0], :g.out_size[1]])
+            partial = op._partial_grad(xp, nb, dy.dtype)
+            for view in op._stage2_views(partial, nb):
                 view += scaled
-            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=True)
+            buf = op._grad_buffer(xp, dx_planes[p0:p1], block)
             for view in op._stage1_views(buf, nb):
-                view += partial.reshape(-1)
+                view += partial[:nb * g.plane_size]
             op._merge(buf, dx_planes[p0:p1])
         self._each_block(xp, grad.shape[0], dy.itemsize, block_grad)

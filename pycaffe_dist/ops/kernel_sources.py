@@ -106,7 +106,7 @@ _raw("ave_pool_forward", [("x", "cT*"), ("y", "T*")] + _GEOMETRY, """
     T sum = 0;
     for (int h = h0; h < h1; ++h)
       for (int w = w0; w < w1; ++w) sum += plane[h * W + w];
-    y[idx] = sum / pool_size;""")
+    y[idx] = (h1 > h0 && w1 > w0) ? sum / pool_size : T(0);   // a window past the input: 0""")
 
 _raw("ave_pool_backward", [("dy", "cT*"), ("dx", "T*")] + _GEOMETRY, """
     const int w = idx % W, h = (idx / W) % H;

@@ -7,7 +7,7 @@ passes). The numpy twins are the functions the engine runs on CPU:
 
   kernel                      numpy twin
   im2col / col2im             ops.im2col.Im2col.forward / backward
-  max_pool_*                  ops.pooling.MaxPooling.forward / mask / backward
+  max_pool_*                  ops.max_pooling.MaxPooling.forward / mask / backward
   ave_pool_*                  ops.average_pooling.AveragePooling.forward / backward
   lrn_*                       ops.lrn.LRN (ACROSS_CHANNELS)
   softmax_loss_*              layers.loss.SoftmaxWithLoss.forward / backward

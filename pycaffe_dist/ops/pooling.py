@@ -7,21 +7,18 @@ its time there, not in arithmetic. So the input is first split into stride
 phases, and windows are then reduced in two stages of contiguous slices:
 
   phases: padded row q*s_h + p lives in row phase p at position q, and column
-      m*s_w + r in column phase r at m. Buffer: (s_w, planes, s_h, Hq, Q), one
+      m*s_w + r in column phase r at m. Buffer: (s_w, s_h, planes, Hq, Q), one
       strided copy of the input (and one back for the gradient).
   stage 1 (along rows): h = reduce over j < kw of column phase j % s_w shifted
       by j // s_w: kw - 1 ops on whole flat arrays. Outputs that straddle two
       rows (Q - OW per row) are garbage and never read.
   stage 2 (down columns): y = reduce over i < kh of h's row phase i % s_h
-      shifted by i // s_h rows: kh - 1 ops on (planes, OH*Q) slices.
+      shifted by i // s_h rows: kh - 1 ops on flat slices over all planes
+      (row phases come first in the buffer); outputs in the rows the shift
+      carries past a plane's end are garbage too.
 
-Max pooling keeps, per stage and offset, where a strictly greater value took
-over. Reducing rows first and letting only strictly greater values win picks
-the first maximum in row-major order, as Caffe's loop does; the backward pass
-routes the gradient back through the two chains with a multiply and a
-subtract per offset.
-
-Average pooling (average_pooling.py) uses the same two stages with sums.
+Max pooling (max_pooling.py) reduces with maxima, average pooling
+(average_pooling.py) with sums.
 """
 import copy
 import functools
@@ -29,8 +26,7 @@ import time
 
 import numpy
 
-from .. import backend
-from . import kernels, threads
+from . import threads
 from .workspace import Workspace
 
 # Input bytes per block of planes on the CPU (see TwoStage).
@@ -87,29 +83,34 @@ class PoolGeometry:
         if self.direct:
             self.phase_rows = in_size[0]
         self.plane_size = self.row_phases * self.phase_rows * self.phase_cols   # one plane of h
-
-    def overlaps(self, axis):
-        return self.stride[axis] < self.kernel[axis]
-
-    def partial_row(self, oh, i):
-        """Row of the stage-1 result that kernel row i of output row oh reads."""
-        sh = self.stride[0]
-        if self.direct:
-            return oh * sh + i
-        return (i % sh) * self.phase_rows + oh + i // sh
+        # Stage 2 reads each row phase of h as one flat slice over all planes,
+        # shifted by i // s_h rows, so its results come with the garbage rows
+        # of that shift too ((planes, result_rows, Q)), and its last slice
+        # reads partial_slack elements past the end of h. Direct geometries
+        # keep their rows in order and step through them (no garbage rows).
+        self.result_rows = out_size[0] if self.direct else self.phase_rows
+        self.partial_slack = 0 if self.direct else (kh - 1) // sh * self.phase_cols
 
 
 # Pooling's blocks are split over the ops' threads only where that measures
-# faster (ops.threads.Choice). Run as a dozen short numpy passes per 256 KB
-# block, the two lanes queue for the GIL: on two idle cores they ran slower
-# than one thread (cifar10_quick pool1 forward/backward 9.5-10.1 /
+# faster (ops.threads.Choice). The first code, a dozen short numpy passes
+# per 256 KB block, had its two lanes queue for the GIL: on two idle cores
+# they ran slower than one thread (cifar10_quick pool1 forward/backward 9.5-10.1 /
 # 14.6-15.3 ms on one thread, 13.8-14.1 / 21.9-22.2 ms on two). Bigger
 # blocks for the lanes (LANE_BLOCK_SCALE) measured slower still (best of
 # 12 at load 4.5, pool1 at two threads: 6.8/10.1 ms with 256 KB blocks,
 # 7.8/14.6 with 1 MB, 9.8/19.9 with 2 MB; 6.8/11.6 on one thread).
+# With a plan per block and int8 codes, max pooling's forward runs about 26
+# numpy calls per block and its lanes overlap once blocks are 1 MB (scale
+# 4; paired medians at once / in turn at two threads, load ~2.5,
+# cifar10_quick pool1 and CaffeNet pool1/pool2/pool5: x0.82/0.77/0.82/0.89
+# at scale 4, x0.98/0.94/0.95/1.04 at 2, x0.83/0.80/0.97/0.87 at 8). Its
+# backward is numpy.add.at, which holds the GIL: the Choice keeps it on
+# the calling thread. AVE's two stages (big planes) at scale 4: x0.76-0.85
+# on CaffeNet's shapes, x1.15 on cifar10_quick pool1's, for the Choice to settle.
 # False: always on the calling thread.
 THREADED = True
-LANE_BLOCK_SCALE = 1
+LANE_BLOCK_SCALE = 4
 
 
 class TwoStage:
@@ -129,10 +130,12 @@ class TwoStage:
         self.scratch = Workspace()
         self._copies = []
         self._choices = threads.Choices()
+        self._plans = {}
 
-    def _each_block(self, xp, nc, itemsize, body):
+    def _each_block(self, xp, nc, itemsize, body, block=None):
         """body(op, p0, p1, block) for every block [p0, p1) of planes, where
-        `block` is the longest block's length and `op` the thread's copy.
+        `block` is the longest block's length (given, or chosen here; it is
+        returned) and `op` the thread's copy.
 
         A block's result does not depend on which block or thread it is
         in, so the Choice here is between the one-thread way (this op,
@@ -141,12 +144,15 @@ class TwoStage:
         lanes = threads.count(xp) if THREADED else 1
         choice = self._choices[body.__name__] if lanes > 1 else None
         at_once = choice is not None and (not threads.MEASURED or choice.parallel(lanes))
-        blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
+        if block is None:
+            blocks, block = self._blocks(xp, nc, itemsize, LANE_BLOCK_SCALE if at_once else 1)
+        else:
+            blocks = [(p0, min(nc, p0 + block)) for p0 in range(0, nc, block)]
         ops = [self]
         if at_once:
             while len(self._copies) < lanes:
                 lane = copy.copy(self)
-                lane.scratch, lane._copies, lane._choices = Workspace(), [], threads.Choices()
+                lane.scratch, lane._copies, lane._choices, lane._plans = Workspace(), [], threads.Choices(), {}
                 self._copies.append(lane)
             ops = self._copies[:min(lanes, len(blocks))]
 
@@ -157,6 +163,7 @@ class TwoStage:
         threads.run([functools.partial(work, op, run) for op, run in zip(ops, threads.split(blocks, len(ops)))])
         if choice is not None and threads.MEASURED:
             choice.record(at_once, time.perf_counter() - start)
+        return block
 
     @staticmethod
     def _planes(x):
@@ -176,8 +183,10 @@ class TwoStage:
         return self.scratch.get(name, (g.stride[1], block * g.plane_size + g.slack), dtype, xp, fill=fill)
 
     def _phase_view(self, buf, nb, column_phase):
+        """(s_h, nb, Hq, Q): row phases outermost, so that stage 1 leaves each
+        row phase of h contiguous over all planes."""
         g = self.geometry
-        return buf[column_phase, :nb * g.plane_size].reshape(nb, g.stride[0], g.phase_rows, g.phase_cols)
+        return buf[column_phase, :nb * g.plane_size].reshape(g.row_phases, nb, g.phase_rows, g.phase_cols)
 
     def _split(self, xp, planes, block, fill):
         """Copy a block of input planes into its phase buffer, padded with
@@ -186,12 +195,14 @@ class TwoStage:
         g = self.geometry
         if g.direct:
             return planes.reshape(-1)
-        buf = self._phase_buffer(xp, "source", block, planes.dtype, fill)
         nb = planes.shape[0]
+        # Where the padding lies depends on the number of planes (row phases
+        # come first): a shorter last block keeps a buffer of its own.
+        buf = self._phase_buffer(xp, "source" if nb == block else "source_last", nb, planes.dtype, fill)
         for r, m0, m1, cols in g.col_ranges:
             phase = self._phase_view(buf, nb, r)
             for p, q0, q1, rows in g.row_ranges:
-                phase[:, p, q0:q1, m0:m1] = planes[:, rows, cols]
+                phase[p, :, q0:q1, m0:m1] = planes[:, rows, cols]
         return buf
 
     def _merge(self, buf, dx_planes):
@@ -205,7 +216,7 @@ class TwoStage:
         for r, m0, m1, cols in g.col_ranges:
             phase = self._phase_view(buf, nb, r)
             for p, q0, q1, rows in g.row_ranges:
-                dx_planes[:, rows, cols] = phase[:, p, q0:q1, m0:m1]
+                dx_planes[:, rows, cols] = phase[p, :, q0:q1, m0:m1]
 
     def _stage1_views(self, buf, nb):
         """Per kernel column j: column phase j % s_w, shifted by j // s_w."""
@@ -215,205 +226,41 @@ class TwoStage:
         count = nb * g.plane_size
         return [buf[j % g.stride[1], j // g.stride[1]:j // g.stride[1] + count] for j in range(g.kernel[1])]
 
-    def _stage2_views(self, partial):
-        """Per kernel row i: row phase i % s_h of h, shifted by i // s_h rows."""
+    def _stage2_views(self, partial, nb):
+        """Per kernel row i, (nb, result_rows, Q): row phase i % s_h of h (or
+        of anything laid out as h, from _partial), shifted by i // s_h rows."""
         g = self.geometry
-        (oh, sh) = g.out_size[0], g.stride[0]
+        (oh, sh), q = (g.out_size[0], g.stride[0]), g.phase_cols
         if g.direct:
-            return [partial[:, 0, i:i + (oh - 1) * sh + 1:sh] for i in range(g.kernel[0])]
-        return [partial[:, i % g.stride[0], i // g.stride[0]:i // g.stride[0] + oh] for i in range(g.kernel[0])]
+            rows = partial[:nb * g.plane_size].reshape(nb, g.phase_rows, q)
+            return [rows[:, i:i + (oh - 1) * sh + 1:sh] for i in range(g.kernel[0])]
+        count = nb * g.phase_rows * q
+        return [partial[i % sh * count + i // sh * q:][:count].reshape(nb, g.phase_rows, q) for i in range(g.kernel[0])]
 
     def _partial(self, xp, nb, dtype, name="partial"):
+        """Flat: h (nb * plane_size, stage 1's result) and partial_slack more."""
         g = self.geometry
-        return self.scratch.prefix(name, (nb, g.row_phases, g.phase_rows, g.phase_cols), dtype, xp)
+        return self.scratch.prefix(name, (nb * g.plane_size + g.partial_slack,), dtype, xp)
 
-    def _grad_buffer(self, xp, dx_planes, block, add):
-        """Where stage-1 gradients go, zeroed when some element is not
-        assigned (`add`: the chains add rather than assign). Direct
-        geometries write dx itself."""
+    def _grad_buffer(self, xp, dx_planes, block):
+        """Where stage-1 gradients are added up, zeroed. Direct geometries
+        write dx itself."""
         g = self.geometry
-        whole = not add and g.stride[1] == g.kernel[1]
         if g.direct:
-            if not whole:
-                dx_planes.fill(0)
+            dx_planes.fill(0)
             return dx_planes.reshape(-1)
         buf = self._phase_buffer(xp, "grad_source", block, dx_planes.dtype)
-        if not whole:
-            buf.fill(0)
+        buf.fill(0)
         return buf
 
-    def _partial_grad(self, xp, nb, dtype, add):
-        """The zeroed (unless wholly assigned) gradient of the stage-1 result."""
-        g = self.geometry
+    def _partial_grad(self, xp, nb, dtype):
+        """The gradient of the stage-1 result (laid out as _partial), zeroed."""
         partial = self._partial(xp, nb, dtype, "partial_grad")
-        whole = not add and g.stride[0] == g.kernel[0] and (
-            not g.direct or g.out_size[0] * g.stride[0] == g.in_size[0])
-        if not whole:
-            partial.fill(0)
+        partial.fill(0)
         return partial
 
     def _wide(self, xp, block, nb, dtype, name):
-        """(nb, OH, Q): outputs with the garbage columns stage 1 leaves, kept
-        zero (set once, never written)."""
+        """(nb, result_rows, Q): outputs with the garbage rows and columns
+        the stages leave, kept zero (set once, never written)."""
         g = self.geometry
-        return self.scratch.get(name, (block, g.out_size[0], g.phase_cols), dtype, xp, fill=0)[:nb]
-
-
-class MaxPooling(TwoStage):
-    """Max pooling; a tracked forward remembers where each maximum came from."""
-
-    def __init__(self, geometry):
-        super().__init__(geometry)
-        self._tracked = False
-
-    def _wins(self, xp, nc):
-        """Per stage and offset k >= 1: whether offset k beat all before it."""
-        g = self.geometry
-        (kh, kw), oh = g.kernel, g.out_size[0]
-        return (self.workspace.get("wins1", (kw - 1, nc, g.plane_size), numpy.bool_, xp),
-                self.workspace.get("wins2", (kh - 1, nc, oh, g.phase_cols), numpy.bool_, xp))
-
-    def forward(self, x, y, track=True):
-        """y = max over each window; with `track`, keep what backward needs."""
-        if kernels.on_gpu(x):   # CuPy: one kernel (ops/kernels.py)
-            return kernels.max_pool_forward(self, x, y)
-        xp = backend.get_array_module(x)
-        g = self.geometry
-        planes, out = self._planes(x), self._planes(y)
-        nc = planes.shape[0]
-        wins1, wins2 = self._wins(xp, nc)
-        wide = g.phase_cols != g.out_size[1]
-
-        def block_max(op, p0, p1, block):
-            nb = p1 - p0
-            buf = op._split(xp, planes[p0:p1], block, -numpy.inf)
-            partial = op._partial(xp, nb, x.dtype)
-            op._chain_max(xp, op._stage1_views(buf, nb), partial.reshape(-1),
-                          wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), track)
-            result = op._wide(xp, block, nb, x.dtype, "result") if wide else out[p0:p1]
-            op._chain_max(xp, op._stage2_views(partial), result, wins2[:, p0:p1], track)
-            if wide:
-                out[p0:p1] = result[:, :, :g.out_size[1]]
-        self._each_block(xp, nc, x.itemsize, block_max)
-        self._tracked = track
-
-    @staticmethod
-    def _chain_max(xp, views, out, wins, track):
-        """out = max of views; wins[k-1] = views[k] beat everything before it."""
-        if len(views) == 1:
-            xp.copyto(out, views[0])
-            return
-        if track:
-            xp.greater(views[1], views[0], out=wins[0])
-        xp.maximum(views[0], views[1], out=out)
-        for k in range(2, len(views)):
-            if track:
-                xp.greater(views[k], out, out=wins[k - 1])
-            xp.maximum(out, views[k], out=out)
-
-    def backward(self, dy, dx, x=None):
-        """dx = dy routed to each window's first maximum. After an untracked
-        forward, `x` is used to redo it with tracking."""
-        if kernels.on_gpu(dy):   # CuPy: one kernel (ops/kernels.py)
-            return kernels.max_pool_backward(self, dy, dx, x)
-        xp = backend.get_array_module(dy)
-        g = self.geometry
-        if not self._tracked:
-            if x is None:
-                raise RuntimeError("max pooling backward needs a tracked forward first")
-            self.forward(x, self.workspace.get("retrack", dy.shape, dy.dtype, xp), track=True)
-        grad, dx_planes = self._planes(dy), self._planes(dx)
-        nc = grad.shape[0]
-        wins1, wins2 = self._wins(xp, nc)
-
-        def block_grad(op, p0, p1, block):
-            nb = p1 - p0
-            top = grad[p0:p1]
-            if g.phase_cols != g.out_size[1]:
-                top = op._wide(xp, block, nb, dy.dtype, "grad")
-                top[:, :, :g.out_size[1]] = grad[p0:p1]
-            partial = op._partial_grad(xp, nb, dy.dtype, add=False)
-            op._chain_backward(xp, top, op._stage2_views(partial), wins2[:, p0:p1], g.overlaps(0), "s2")
-            buf = op._grad_buffer(xp, dx_planes[p0:p1], block, add=False)
-            op._chain_backward(xp, partial.reshape(-1), op._stage1_views(buf, nb),
-                               wins1[:, p0:p1].reshape(len(wins1), nb * g.plane_size), g.overlaps(1), "s1")
-            op._merge(buf, dx_planes[p0:p1])
-        self._each_block(xp, nc, dy.itemsize, block_grad)
-
-    def _chain_backward(self, xp, grad, views, wins, overlapping, tag):
-        """Undo _chain_max: views[k] (+)= the part of grad views[k] won."""
-        if len(views) == 1:
-            if overlapping:
-                views[0][...] += grad
-            else:
-                xp.copyto(views[0], grad)
-            return
-        rest = self.scratch.prefix(tag + "_rest", grad.shape, grad.dtype, xp)
-        taken = self.scratch.prefix(tag + "_taken", grad.shape, grad.dtype, xp)
-        remaining = grad
-        for k in range(len(views) - 1, 0, -1):
-            if overlapping:
-                xp.multiply(remaining, wins[k - 1], out=taken)
-                views[k] += taken
-            else:
-                xp.multiply(remaining, wins[k - 1], out=views[k])
-                taken = views[k]
-            # What views[k] did not take goes on down the chain; the last
-            # remainder belongs to views[0] (written there directly when no
-            # other window shares its elements).
-            last = k == 1 and not overlapping
-            xp.subtract(remaining, taken, out=views[0] if last else rest)
-            remaining = rest
-        if overlapping:
-            views[0] += remaining
-
-    def mask(self, out):
-        """Caffe's mask top: each window's argmax as h * W + w in the unpadded
-        plane. Needs a tracked forward."""
-        if kernels.on_gpu(out):   # CuPy: kept by the forward kernel (ops/kernels.py)
-            return kernels.max_pool_mask(self, out)
-        xp = backend.get_array_module(out)
-        g = self.geometry
-        (sh, sw), (ph, pw) = g.stride, g.pad
-        oh, ow = g.out_size
-        nc = out.size // (oh * ow)
-        wins1, wins2 = self._wins(xp, nc)
-        # The winning kernel row per window, then the winning column in that row.
-        row = self._last_true(xp, wins2, (nc, oh, g.phase_cols))[:, :, :ow]
-        col = self._last_true(xp, wins1, (nc, g.row_phases * g.phase_rows, g.phase_cols))[:, :, :ow]
-        oh_index = xp.arange(oh).reshape(1, oh, 1)
-        col = xp.take_along_axis(col, g.partial_row(oh_index, row), axis=1)
-        h = oh_index * sh + row - ph
-        w = xp.arange(ow).reshape(1, 1, ow) * sw + col - pw
-        out.reshape(nc, oh, ow)[...] = h * g.in_size[1] + w
-
-    @staticmethod
-    def _last_true(xp, wins, shape):
-        """Per element, the last k whose wins[k-1] is set (0 if none): the winner."""
-        winner = xp.zeros(shape, numpy.int64)
-        for k in range(1, wins.shape[0] + 1):
-            winner = xp.maximum(winner, wins[k - 1].reshape(shape) * k)
-        return winner
-
-
-class GlobalMaxPooling:
-    """Max over each whole (H, W) plane; a reduction, no windows."""
-
-    def __init__(self):
-        self.index = None
-
-    def forward(self, x, y, track=True):
-        n, c = x.shape[:2]
-        flat = x.reshape(n * c, -1)
-        flat.max(axis=1, out=y.reshape(-1))
-        self.index = flat.argmax(axis=1)   # first maximum, as Caffe
-
-    def mask(self, out):
-        out.reshape(-1)[...] = self.index
-
-    def backward(self, dy, dx, x=None):
-        xp = backend.get_array_module(dy)
-        n, c = dx.shape[:2]
-        flat = dx.reshape(n * c, -1)
-        flat.fill(0)
-        flat[xp.arange(n * c), self.index] = dy.reshape(-1)
+        return self.scratch.get(name, (block, g.result_rows, g.phase_cols), dtype, xp, fill=0)[:nb]

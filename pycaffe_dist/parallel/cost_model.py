@@ -14,15 +14,20 @@ bandwidth: 32 |W| p / BW for the server, 2 * 32 |W| log2(p) / BW for the
 tree. The strategies' costs follow from how often and how much they send.
 
 On one machine with more ranks than cores (Network.cores), the ranks take
-turns on the cores, the waiting ones too, and a message waits until its
-peer runs again: every message step costs alpha_shared, measured with all
+turns on the cores and a phase costs the CPU work of all its ranks shared
+out over the cores, unless its longest path at one rank per core is
+longer. Every message step then costs alpha_shared, measured with all
 ranks exchanging 8 bytes around a ring (a scheduler's time slice, not a
-wire's latency), and the bytes of a phase move at the machine's pace, not
-one rank's: each working rank's share of all the bytes sent costs
-beta_shared per byte (measured with all ranks exchanging 1 MB messages
-around a ring), unless the longest path at the one-rank-per-core beta is
-longer. Additions are CPU work alone: when more ranks add at once than
-there are cores, they share them (gamma * total / cores).
+wire's latency). A ring or a tree passes data along chains of ranks, so a
+rank cannot finish a step before both its neighbours have had a turn; as
+measured here (bench/bench_cluster.py), their bytes and additions then
+cost what they cost in a 2-rank exchange of a buffer far larger than the
+caches (beta_shared, gamma_shared), whatever the message size.
+Halving-doubling exchanges with one partner per step, and a pair that
+shares the cores finishes its step at the 2-rank rates of the message's
+own size. Phases in which no more ranks work than there are
+cores (the fold of 3 ranks into 2 on 2 cores) cost what they cost with
+one rank per core.
 """
 import math
 from dataclasses import dataclass
@@ -34,9 +39,11 @@ ALLREDUCE_ALGORITHMS = ("ps", "binomial", "ring", "halving_doubling")
 class Network:
     """alpha: seconds per message; beta: seconds per byte; gamma: seconds per byte summed; cores: 0 = one per rank.
 
-    alpha_shared, beta_shared: alpha and beta when the ranks outnumber the cores (None: alpha, beta).
     beta_oneway: seconds per byte sent one way (None: beta, which is per byte of an exchange
         step, in which a rank sends and receives as much).
+    With more ranks than cores: alpha_shared, seconds per message step; beta_shared and
+        gamma_shared, seconds per byte exchanged and summed by ranks along a ring or a tree
+        (None: alpha, beta, gamma).
     """
 
     alpha: float = 5e-6
@@ -45,31 +52,27 @@ class Network:
     cores: int = 0
     alpha_shared: float = None
     beta_shared: float = None
+    gamma_shared: float = None
     beta_oneway: float = None
 
     def shared(self, ranks):
-        """Whether `ranks` outnumber the cores."""
+        """Whether `ranks` at work at once outnumber the cores."""
         return bool(self.cores) and ranks > self.cores
 
-    def latency(self, p):
-        """Seconds per message step in a job of p ranks (all of them take turns on the cores, busy or waiting)."""
+    def step(self, p):
+        """Seconds per message step in a job of p ranks."""
         return self.alpha_shared if self.shared(p) and self.alpha_shared is not None else self.alpha
 
-    def bytes_seconds(self, p, active, critical, total, one_way=False):
-        """Seconds to move the bytes of a phase of a p-rank job in which `active` ranks send `total`
-        bytes in all and `critical` on the longest path."""
-        if self.shared(p) and self.beta_shared is not None:
-            return max(critical * self._beta(one_way), total / active * self.beta_shared)
-        return critical * self._beta(one_way)
+    def cpu_seconds(self, sent, summed, chains=True):
+        """Seconds for the cores to move `sent` bytes (each byte sent by one rank and received by
+        another) and sum `summed` bytes, shared out over all of them; `chains`: along a ring or tree."""
+        beta = self.beta_shared if chains and self.beta_shared is not None else self.beta
+        gamma = self.gamma_shared if chains and self.gamma_shared is not None else self.gamma
+        return (sent * beta + summed * gamma) / self.cores
 
-    def add_seconds(self, active, critical, total):
-        """Seconds to add the bytes of a phase: `critical` on its longest path, `total` by all ranks."""
-        if self.shared(active):
-            return max(critical, total / self.cores) * self.gamma
-        return critical * self.gamma
-
-    def _beta(self, one_way):
-        return self.beta_oneway if one_way and self.beta_oneway is not None else self.beta
+    @property
+    def oneway(self):
+        return self.beta_oneway if self.beta_oneway is not None else self.beta
 
     @classmethod
     def from_bandwidth(cls, gbit_per_s, latency_us=5.0, gamma=0.0):
@@ -80,28 +83,35 @@ def allreduce_seconds(algorithm, n_bytes, p, net, servers=1):
     """Seconds to sum n_bytes over p workers with `algorithm` (ALLREDUCE_ALGORITHMS, or "mpi")."""
     if p <= 1:
         return 0.0
-    a, n = net.latency(p), float(n_bytes)
+    n = float(n_bytes)
     log_p = math.ceil(math.log2(p))
     if algorithm == "ps":
         # Every worker pushes and fetches its shard of each server; a server's link carries 2p messages.
-        return 2 * p * (a + n / servers * net.beta) + p * n / servers * net.gamma
+        return 2 * p * (net.alpha + n / servers * net.beta) + p * n / servers * net.gamma
     if algorithm == "binomial":
         # Pipelined by pieces: the root receives, adds and sends the buffer once per level,
         # and each of the p - 1 edges of the tree carries it up and down.
-        return (2 * log_p * a + net.bytes_seconds(p, p, 2 * log_p * n, 2 * (p - 1) * n, one_way=True)
-                + net.add_seconds(p, log_p * n, (p - 1) * n))
+        path = 2 * log_p * n * net.oneway + log_p * n * net.gamma
+        if net.shared(p):
+            path = max(path, net.cpu_seconds(2 * (p - 1) * n, (p - 1) * n))
+        return 2 * log_p * net.step(p) + path
     if algorithm == "ring":
-        return (2 * (p - 1) * a + net.bytes_seconds(p, p, 2 * (p - 1) / p * n, 2 * (p - 1) * n)
-                + net.add_seconds(p, (p - 1) / p * n, (p - 1) * n))
+        path = 2 * (p - 1) / p * n * net.beta + (p - 1) / p * n * net.gamma
+        if net.shared(p):
+            path = max(path, net.cpu_seconds(2 * (p - 1) * n, (p - 1) * n))
+        return 2 * (p - 1) * net.step(p) + path
     if algorithm in ("halving_doubling", "mpi"):
         p2 = 1 << int(math.log2(p))
         extra = p - p2
-        total = (2 * math.log2(p2) * a
-                 + net.bytes_seconds(p, p2, 2 * (p2 - 1) / p2 * n, 2 * (p2 - 1) * n)
-                 + net.add_seconds(p2, (p2 - 1) / p2 * n, (p2 - 1) * n))
+        path = 2 * (p2 - 1) / p2 * n * net.beta + (p2 - 1) / p2 * n * net.gamma
+        if net.shared(p2):
+            path = max(path, net.cpu_seconds(2 * (p2 - 1) * n, (p2 - 1) * n, chains=False))
+        total = 2 * math.log2(p2) * net.step(p2) + path
         if extra:   # first and last, the extra ranks hand their buffers over and get the sum back
-            total += (2 * a + net.bytes_seconds(p, 2 * extra, 2 * n, 2 * extra * n, one_way=True)
-                      + net.add_seconds(2 * extra, n, extra * n))
+            path = 2 * n * net.oneway + n * net.gamma
+            if net.shared(2 * extra):
+                path = max(path, net.cpu_seconds(2 * extra * n, extra * n, chains=False))
+            total += 2 * net.step(2 * extra) + path
         return total
     raise ValueError("unknown algorithm %r (known: %s, mpi)" % (algorithm, ", ".join(ALLREDUCE_ALGORITHMS)))
 

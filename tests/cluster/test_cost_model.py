@@ -20,23 +20,33 @@ def test_allreduce_costs_are_the_alpha_beta_formulas(p):
 
 
 def test_ranks_beyond_the_cores_share_them():
-    """4 ranks on 2 cores: every step waits alpha_shared; a busy phase moves and adds at the machine's pace."""
-    n, p = 4e6, 4
-    net = cm.Network(alpha=2e-6, beta=1e-10, gamma=5e-11, cores=2, alpha_shared=3e-4, beta_shared=1e-9)
-    # ring: 2(p-1) steps; each rank sends 2(p-1)/p n at the shared rate; (p-1) n additions over 2 cores
-    assert cm.allreduce_seconds("ring", n, p, net) == pytest.approx(
-        6 * 3e-4 + 1.5 * n * 1e-9 + 3 * n / 2 * 5e-11)
-    # binomial tree: 2 log2(p) steps; all ranks' 2(p-1) n bytes shared out; (p-1) n additions over 2 cores
-    assert cm.allreduce_seconds("binomial", n, p, net) == pytest.approx(
-        4 * 3e-4 + max(4 * n * 1e-10, 2 * 3 * n / 4 * 1e-9) + max(2 * n, 3 * n / 2) * 5e-11)
-    # 3 ranks: the fold (2 ranks at work) and the 2-rank halving-doubling move their bytes at the shared
-    # pace too (the third rank still takes its turns), but their additions have a core each.
+    """More ranks than cores: each step waits alpha_shared, and a phase costs all its ranks' CPU work over the cores."""
+    n, cores = 4e6, 2
+    a, b, g, b1, a_s, b_s, g_s = 2e-6, 1e-10, 5e-11, 2e-10, 3e-4, 4e-10, 2e-10
+    net = cm.Network(alpha=a, beta=b, gamma=g, beta_oneway=b1, cores=cores,
+                     alpha_shared=a_s, beta_shared=b_s, gamma_shared=g_s)
+    # ring, 4 ranks: 6 steps; all 4 ranks send 6 n bytes and sum 3 n along the ring, at the shared rates.
+    assert cm.allreduce_seconds("ring", n, 4, net) == pytest.approx(6 * a_s + (6 * n * b_s + 3 * n * g_s) / cores)
+    # binomial tree, 4 ranks: 4 steps; the p - 1 edges carry the buffer up and down, 3 n summed.
+    assert cm.allreduce_seconds("binomial", n, 4, net) == pytest.approx(4 * a_s + (6 * n * b_s + 3 * n * g_s) / cores)
+    # halving-doubling, 4 ranks: pairs of partners run at the one-rank-per-core rates, the cores shared.
+    assert cm.allreduce_seconds("halving_doubling", n, 4, net) == pytest.approx(
+        4 * a_s + (6 * n * b + 3 * n * g) / cores)
+    # 3 ranks: the fold and the 2-rank halving-doubling each have a core per working rank.
     assert cm.allreduce_seconds("halving_doubling", n, 3, net) == pytest.approx(
-        2 * 3e-4 + max(2 * n * 1e-10, n * 1e-9) + n * 5e-11 + 2 * 3e-4 + max(n * 1e-10, n * 1e-9) + n / 2 * 5e-11)
+        2 * a + 2 * n * b1 + n * g + 2 * a + n * b + n / 2 * g)
+    # 6 ranks: 4 fold into 2 (4 at work on 2 cores; here a pair's one-way path is the longer), then 4 run
+    # halving-doubling on 2 cores.
+    assert (4 * n * b + 2 * n * g) / cores < 2 * n * b1 + n * g
+    assert cm.allreduce_seconds("halving_doubling", n, 6, net) == pytest.approx(
+        2 * a_s + 2 * n * b1 + n * g + 4 * a_s + (6 * n * b + 3 * n * g) / cores)
+    # The longest path bounds a phase from below: with free CPU work the one-rank-per-core time remains.
+    free = cm.Network(alpha=a, beta=b, gamma=g, cores=cores, alpha_shared=a_s, beta_shared=0.0, gamma_shared=0.0)
+    assert cm.allreduce_seconds("ring", n, 4, free) == pytest.approx(6 * a_s + 1.5 * n * b + 0.75 * n * g)
     # With one rank per core the shared figures play no part.
     for name in ("binomial", "ring", "halving_doubling"):
         assert cm.allreduce_seconds(name, n, 2, net) == pytest.approx(
-            cm.allreduce_seconds(name, n, 2, cm.Network(alpha=2e-6, beta=1e-10, gamma=5e-11)))
+            cm.allreduce_seconds(name, n, 2, cm.Network(alpha=a, beta=b, gamma=g, beta_oneway=b1)))
 
 
 def test_bandwidth_optimal_algorithms_win_on_large_buffers_and_trees_on_latency():

@@ -105,6 +105,7 @@ POOLS = [  # (shape, kernel, stride, pad)
     ((2, 3, 9, 7), (3, 3), (2, 2), (0, 0)),        # overlapping, ceil mode leaves a partial window
     ((1, 4, 7, 8), (3, 3), (2, 2), (1, 1)),        # cifar's, padded
     ((1, 2, 6, 5), (3, 2), (1, 2), (2, 1)),        # pad beside the kernel size
+    ((1, 3, 10, 9), (1, 2), (4, 3), (0, 0)),       # rounding up adds windows that start past the input
 ]
 
 
