@@ -18,6 +18,7 @@ y (conv_columns.DIRECT_OUTPUTS) switched off, and prints new/old per pass.
 
 --winograd compares the same way with only the Winograd path
 (ops/winograd.py) switched off: "old" is im2col + GEMM for every layer.
+--fft does the same with the Fourier path (ops/fourier.py).
 
 With --steps lenet,cifar10_quick, --compare (or --winograd) times whole
 training steps (bench_step.py's nets and solver) instead of single layers.
@@ -28,7 +29,7 @@ chunks, with twice those, with conv.LANE_COLUMN_SCALE-times chunks, the same
 lanes in turn on the calling thread, and as ops.threads.Choice picks;
 wall-clock medians (--stat min: the least, which other jobs disturb less).
 
-    .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare | --winograd]
+    .venv/bin/python bench/bench_conv.py [--rounds 15] [--threads 1] [--compare | --winograd | --fft]
         [--layers lenet/conv1,...] [--caffenet] [--steps lenet,cifar10_quick]
     .venv/bin/python bench/bench_conv.py --ways [--stat min] [--caffenet]
 """
@@ -67,6 +68,7 @@ CAFFENET = {
 GEMM_SWITCHES = (("gemm", "ENABLED", False), ("conv", "SHARED_COLUMNS", False),
                  ("conv_columns", "FUSED_BIAS", False), ("conv_columns", "DIRECT_OUTPUTS", 0))
 WINOGRAD_SWITCHES = (("winograd", "ENABLED", False),)
+FOURIER_SWITCHES = (("fourier", "ENABLED", False),)
 SWITCHES = GEMM_SWITCHES      # what --compare switches off; --winograd sets WINOGRAD_SWITCHES
 _SHIPPED = {}
 
@@ -101,13 +103,18 @@ def ours(batch, channels, outputs, size, kernel, stride, pad, group, needs_dx):
     dx = numpy.empty_like(x) if needs_dx else None
 
     def describe():
+        if ops.fourier.use_fourier(op.geometry, group, channels, outputs, (size, size), batch, needs_dx):
+            return "Fourier %dx%d" % ((size + 2 * pad,) * 2)
         m = ops.winograd.tile_size(op.geometry, group, channels, outputs, (size, size))
         if m is not None:
             return "Winograd F(%dx%d, %dx%d)" % (m, m, kernel, kernel)
         plan = op._plan(x.shape, outputs, 4)
         grad = "" if not needs_dx else (" + transposed conv" if plan.by_convolution else " + col2im")
         return plan.layout.__name__ + grad
-    return (lambda: op.forward(x, w, b, y)), (lambda: op.backward(x, dy, w, dw, db, dx)), describe
+    def forward():
+        w.flat[0] = -w.flat[0]      # new weights each step, as in training (ops.fourier keeps a product of them)
+        op.forward(x, w, b, y)
+    return forward, (lambda: op.backward(x, dy, w, dw, db, dx)), describe
 
 
 def pytorch(batch, channels, outputs, size, kernel, stride, pad, group, needs_dx):
@@ -231,15 +238,16 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compare", action="store_true", help="new/old in one process instead of against PyTorch")
     ap.add_argument("--winograd", action="store_true", help="like --compare, only the Winograd path switched off")
+    ap.add_argument("--fft", action="store_true", help="like --compare, only the Fourier path switched off")
     ap.add_argument("--caffenet", action="store_true", help="CaffeNet's convolutions too (batch 16)")
     ap.add_argument("--layers", default="", help="comma-separated names (default: all)")
     ap.add_argument("--steps", default="", help="with --compare: whole training steps of these nets instead")
     ap.add_argument("--ways", action="store_true", help="one thread against two threads run several ways")
     ap.add_argument("--stat", choices=("median", "min"), default="median", help="with --ways")
     args = ap.parse_args()
-    if args.winograd:
+    if args.winograd or args.fft:
         global SWITCHES
-        SWITCHES = WINOGRAD_SWITCHES
+        SWITCHES = FOURIER_SWITCHES if args.fft else WINOGRAD_SWITCHES
         args.compare = True
     layers = dict(LAYERS, **(CAFFENET if args.caffenet else {}))
     if args.layers:

@@ -17,7 +17,8 @@ iterations in a fresh process of its own, and its peak resident memory
 (VmHWM) above what it held after its imports is printed.
 
     .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick,cifar10_full,caffenet]
-        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads] [--interleave [--stat min]]
+        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads]
+        [--interleave [--stat min] [--before-fft]]
 
 With --before-threads a third runner takes part in the rounds: pycaffe_dist
 with issue #8's thread paths switched off (every split op runs its lanes at
@@ -26,7 +27,9 @@ calling thread), so before and after are measured in the same process.
 With --interleave every thread count runs in one process (OMP/OpenBLAS set
 to the largest, each framework switched between counts at run time), all
 runners alternating in the same rounds: the fairest 2-thread/1-thread
-comparison on a machine whose load changes by the minute.
+comparison on a machine whose load changes by the minute. With
+--interleave --before-fft a runner with the Fourier convolutions
+(ops/fourier.py) switched off takes part in the same rounds.
 """
 import argparse
 import json
@@ -83,6 +86,19 @@ def before_threads(run):
         finally:
             for (m, k, _), value in zip(THREAD_SWITCHES, saved):
                 setattr(getattr(ops, m), k, value)
+    return step
+
+
+def before_fft(run):
+    """`run` with the Fourier convolutions switched off."""
+    from pycaffe_dist.ops import fourier
+
+    def step():
+        saved, fourier.ENABLED = fourier.ENABLED, False
+        try:
+            run()
+        finally:
+            fourier.ENABLED = saved
     return step
 
 
@@ -144,7 +160,7 @@ def warmup_steps(framework):
     return max(3, Choice.WARMUP + 2 * Choice.TRIALS)
 
 
-def interleaved_worker(nets, counts, steps, rounds, before=False, stat="median"):
+def interleaved_worker(nets, counts, steps, rounds, before=False, stat="median", fft=False):
     """Every (framework, thread count) in one process, alternating in rounds;
     {count: {net: {runner: ms, "gflop", "sgemm"}}}, as the per-count workers give."""
     import torch
@@ -167,6 +183,8 @@ def interleaved_worker(nets, counts, steps, rounds, before=False, stat="median")
             runners[(c, "pytorch")] = at(c, torch_step(name), "pytorch")
             if before and c > 1:
                 runners[(c, "before")] = at(c, before_threads(pycaffe_step(name)[0]), "before")
+            if fft:
+                runners[(c, "no fft")] = at(c, before_fft(pycaffe_step(name)[0]), "no fft")
         times = {k: [] for k in runners}
         for (_, framework), run in runners.items():
             for _ in range(warmup_steps(framework)):
@@ -266,6 +284,8 @@ def main():
     ap.add_argument("--memory", action="store_true", help="also peak resident memory, each framework alone")
     ap.add_argument("--before-threads", action="store_true",
                     help="also pycaffe_dist with issue #8's thread paths off, in the same rounds")
+    ap.add_argument("--before-fft", action="store_true",
+                    help="with --interleave: also pycaffe_dist with the Fourier convolutions off")
     ap.add_argument("--interleave", action="store_true",
                     help="all thread counts in one process, alternating in the same rounds")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
@@ -280,7 +300,7 @@ def main():
         return 0
     if args.interleaved_worker:
         interleaved_worker(nets, [int(c) for c in args.threads.split(",")], args.steps, args.rounds,
-                           args.before_threads, args.stat)
+                           args.before_threads, args.stat, args.before_fft)
         return 0
     if args.memory_worker:
         memory_worker(args.memory_worker, nets[0])
@@ -291,6 +311,8 @@ def main():
         head += " %9s %9s" % ("ours MiB", "torch MiB")
     if args.before_threads:
         head += " %10s %6s" % ("before ms", "ratio")
+    if args.before_fft:
+        head += " %10s %6s %8s" % ("no fft ms", "ratio", "fft/off")
     print(head)
     print("%-14s %7s %10s %10s %6s %8s %7s %9s %7s %7s" % ("", "", "", "", "", "/iter", "GFLOP/s", "",
                                                            "floor/t", "floor/t"))
@@ -299,7 +321,7 @@ def main():
         load = os.getloadavg()[0]
         everything = _child(["--interleaved-worker", "--threads", args.threads, "--nets", args.nets,
                              "--steps", str(args.steps), "--rounds", str(args.rounds), "--stat", args.stat]
-                            + ["--before-threads"] * args.before_threads,
+                            + ["--before-threads"] * args.before_threads + ["--before-fft"] * args.before_fft,
                             str(max(int(c) for c in args.threads.split(","))))
     for threads in args.threads.split(","):
         if args.interleave:
@@ -321,6 +343,9 @@ def main():
                 line += " %9.1f %9.1f" % tuple(peaks)
             if "before" in r:
                 line += " %10.2f %6.2f" % (r["before"], r["before"] / r["pytorch"])
+            if "no fft" in r:
+                line += " %10.2f %6.2f %8.3f" % (r["no fft"], r["no fft"] / r["pytorch"],
+                                                  r["pycaffe_dist"] / r["no fft"])
             print(line, flush=True)
         print("# threads %s: load average %.2f at start, %.2f at end" % (threads, load, os.getloadavg()[0]),
               flush=True)

@@ -32,7 +32,7 @@ import math
 import numpy
 
 from .. import backend
-from . import conv_cost, threads, winograd
+from . import conv_cost, fourier, threads, winograd
 from .conv_batch_last import BatchLast
 from .conv_columns import ChannelsFirst, ChannelsLast  # noqa: F401  (ChannelsFirst: for tests and callers)
 from .workspace import Workspace
@@ -140,6 +140,7 @@ class Convolution:
         self._lanes = {}
         self._plans = {}
         self._winograd = None
+        self._fourier = None
         self._choices = threads.Choices()
 
     def _plan(self, x_shape, outputs, itemsize):
@@ -202,10 +203,23 @@ class Convolution:
             self._winograd = winograd.Winograd(self.geometry, self.group, m)
         return self._winograd
 
+    def _fast_path(self, xp, x_shape, outputs):
+        """The Fourier or the Winograd op when this convolution takes one of
+        those paths (on the CPU; Fourier first where fourier.use_fourier
+        says so, then winograd.tile_size), else None."""
+        if xp is not numpy:
+            return None
+        if fourier.use_fourier(self.geometry, self.group, x_shape[1], outputs, x_shape[2:], x_shape[0],
+                               self.needs_dx):
+            if self._fourier is None:
+                self._fourier = fourier.Fourier(self.geometry, self.group)
+            return self._fourier
+        return self._minimal_filtering(xp, x_shape, outputs)
+
     def forward(self, x, weight, bias, y):
         """y = conv(x) + bias; bias may be None."""
         xp = backend.get_array_module(x)
-        fast = self._minimal_filtering(xp, x.shape, weight.shape[0])
+        fast = self._fast_path(xp, x.shape, weight.shape[0])
         if fast is not None:
             return fast.forward(x, weight, bias, y)
         c, o = x.shape[1], weight.shape[0]
@@ -233,14 +247,15 @@ class Convolution:
         only when given). Reuses forward's columns when x is the array
         forward() last saw; x must not have changed since."""
         xp = backend.get_array_module(dy)
-        fast = self._minimal_filtering(xp, x.shape, weight.shape[0])
+        if dweight is not None or dx is not None:
+            self.needs_dx = dx is not None
+        fast = self._fast_path(xp, x.shape, weight.shape[0])
         if fast is not None:
             return fast.backward(x, dy, weight, dweight, dbias, dx)
         if dbias is not None:
             dbias += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
         if dweight is None and dx is None:
             return
-        self.needs_dx = dx is not None
         n, c = x.shape[:2]
         o = weight.shape[0]
         plan = self._plan(x.shape, o, dy.itemsize)

@@ -17,7 +17,10 @@ F32 = numpy.float32
 # would show.
 ALLOWANCE = 256 * 1024
 LAYERS = [
+    # Fourier (ops/fourier.py): cifar10's conv2 at batch 64
     ('name: "c" type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 '
+     'weight_filler { type: "gaussian" } }', (64, 32, 16, 16)),
+    ('name: "c" type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 group: 2 '
      'weight_filler { type: "gaussian" } }', (64, 32, 16, 16)),
     ('name: "c" type: "Convolution" convolution_param { num_output: 20 kernel_size: 5 '
      'weight_filler { type: "gaussian" } }', (512, 1, 28, 28)),
@@ -31,7 +34,7 @@ LAYERS = [
     ('name: "c" type: "Convolution" convolution_param { num_output: 128 kernel_size: 3 pad: 1 '
      'weight_filler { type: "gaussian" } }', (4, 128, 28, 28)),
     ('name: "c" type: "Convolution" convolution_param { num_output: 64 kernel_size: 5 pad: 2 '
-     'weight_filler { type: "gaussian" } }', (16, 64, 16, 16)),
+     'weight_filler { type: "gaussian" } }', (4, 64, 32, 32)),
     ('name: "d" type: "Deconvolution" convolution_param { num_output: 16 kernel_size: 4 stride: 2 pad: 1 '
      'weight_filler { type: "gaussian" } }', (128, 16, 12, 12)),
     ('name: "p" type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }', (32, 32, 32, 32)),
