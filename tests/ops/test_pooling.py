@@ -139,10 +139,12 @@ def test_average_pooling_in_two_stages_matches_caffe_loops(shape, kernel, stride
         x = rng.standard_normal(shape)
 
 
-def test_backward_goes_by_the_blocks_of_the_forward(monkeypatch):
+@pytest.mark.parametrize("pad", [(1, 1), (0, 0)])     # gradient planes of their own, dx's planes
+def test_backward_goes_by_the_blocks_of_the_forward(pad, monkeypatch):
     """Lanes at once take bigger blocks; a backward run in turn must still
-    read the argmax indices by the forward's blocks."""
-    shape, kernel, stride, pad = (3, 5, 9, 11), (3, 3), (2, 2), (1, 1)
+    read the argmax indices by the forward's blocks (walking each in runs
+    of one-thread size: 4, 4, 4 planes, then 3)."""
+    shape, kernel, stride = (3, 5, 9, 11), (3, 3), (2, 2)
     rng = numpy.random.default_rng(11)
     x = rng.integers(0, 4, shape).astype(numpy.float32)
     op, out_shape = pool_op(shape, kernel, stride, pad)
