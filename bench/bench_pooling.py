@@ -119,12 +119,17 @@ def bench_layers(names, counts, rounds, before):
                     forward, backward = runners[runner]
                     times[(runner, "fwd")].append(best_of(forward))
                     times[(runner, "bwd")].append(best_of(backward))
-            for p in ("fwd", "bwd"):
-                for runner in runners:
-                    mine, theirs = times[("ours", p)], times[(runner, p)]
-                    ratio = statistics.median(a / b for a, b in zip(mine, theirs))
-                    print(f"{name:11s} {count:7d} {p:>4s} {runner:>8s} {1e3 * min(theirs):8.2f} {ratio:8.2f}")
+            print_rows(name, count, runners, times)
     set_threads(1)
+
+
+def print_rows(name, count, runners, times):
+    """One row per pass and runner: its least time, and the median of ours over it, round by round."""
+    for p in ("fwd", "bwd"):
+        for runner in runners:
+            mine, theirs = times[("ours", p)], times[(runner, p)]
+            ratio = statistics.median(a / b for a, b in zip(mine, theirs))
+            print(f"{name:11s} {count:7d} {p:>4s} {runner:>8s} {1e3 * min(theirs):8.2f} {ratio:8.2f}")
 
 
 def two_solvers(before):
@@ -160,11 +165,7 @@ def bench_in_net(counts, rounds, before, name="pool1"):
                     net.backward(i, i)
                     if i == at and k >= 10:
                         times[(runner, "bwd")].append(time.perf_counter() - start)
-        for p in ("fwd", "bwd"):
-            for runner in nets:
-                mine, theirs = times[("ours", p)], times[(runner, p)]
-                ratio = statistics.median(a / b for a, b in zip(mine, theirs))
-                print(f"{name:11s} {count:7d} {p:>4s} {runner:>8s} {1e3 * min(theirs):8.2f} {ratio:8.2f}")
+        print_rows(name, count, nets, times)
     set_threads(1)
 
 

@@ -15,7 +15,6 @@ root, so the last one is intact.
 import logging
 import os
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy
 from .. import backend
 from ..proto import io as proto_io
 from ..solvers.base import SNAPSHOT, STOP, Solver
+from ..tools.common import error_line
 from . import cluster_config, guardian, mpi
 from .comm import CommError
 
@@ -100,7 +100,7 @@ ABORT_DELAY = 0.5
 
 def _fail(comm, message):
     log.error("%s", message)
-    print("pycaffe-dist train: error: %s" % message.splitlines()[0], file=sys.stderr, flush=True)
+    error_line("pycaffe-dist train: error: %s" % message.splitlines()[0])
     logging.shutdown()
     time.sleep(ABORT_DELAY)
     comm.abort(1)

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 
+from ..tools.common import error_line
+
 _CHANNEL = "PYCAFFE_DIST_GUARDIAN_FD"
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -51,8 +53,8 @@ def run_guarded(command):
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "signal %d" % -code
         rank = os.environ.get("PMI_RANK", "?")
         doing = last.decode("utf-8", "replace").strip()
-        print("pycaffe-dist: error: rank %s (pid %d) was killed by %s%s; the job ends"
-              % (rank, child.pid, name, " at " + doing if doing else ""), file=sys.stderr, flush=True)
+        error_line("pycaffe-dist: error: rank %s (pid %d) was killed by %s%s; the job ends"
+                   % (rank, child.pid, name, " at " + doing if doing else ""))
         return 128 - code
     return code
 

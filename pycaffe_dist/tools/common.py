@@ -6,6 +6,14 @@ import sys
 from ..proto.errors import ProtoError
 
 
+def error_line(text):
+    """Write `text` and its newline to stderr in one write: the ranks of an
+    MPI job share mpiexec's output, and print's two writes (the text, then
+    the newline) let two ranks' lines run together."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that accepts Caffe's single-dash long flags (-solver) as well as --solver."""
 
@@ -14,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.print_usage(sys.stderr)
-        print("%s: error: %s" % (self.prog, message), file=sys.stderr)
+        error_line("%s: error: %s" % (self.prog, message))
         raise SystemExit(2)
 
 
@@ -37,17 +45,17 @@ def user_errors(command):
             except SystemExit as e:
                 return e.code if isinstance(e.code, int) else 2
             except (UserError, ProtoError, ArithmeticError) as e:
-                print("pycaffe-dist %s: error: %s" % (command, e), file=sys.stderr)
+                error_line("pycaffe-dist %s: error: %s" % (command, e))
                 return 1
             except FileNotFoundError as e:
-                print("pycaffe-dist %s: error: %s: no such file" % (command, e.filename), file=sys.stderr)
+                error_line("pycaffe-dist %s: error: %s: no such file" % (command, e.filename))
                 return 1
             except OSError as e:      # a full disk, a read-only folder, a missing permission
                 where = "%s: " % e.filename if e.filename else ""
-                print("pycaffe-dist %s: error: %s%s" % (command, where, e.strerror or e), file=sys.stderr)
+                error_line("pycaffe-dist %s: error: %s%s" % (command, where, e.strerror or e))
                 return 1
             except KeyboardInterrupt:
-                print("pycaffe-dist %s: interrupted" % command, file=sys.stderr)
+                error_line("pycaffe-dist %s: interrupted" % command)
                 return 130
         return run
     return wrap

@@ -6,7 +6,7 @@ import pytest
 
 from pycaffe_dist.ops import fourier
 from pycaffe_dist.ops.conv import ConvGeometry, Convolution
-from tests.ops.test_winograd import direct, run
+from tests.ops.test_winograd import check_layer_against_im2col, direct, run
 
 SHAPES = [  # n, c, o, h, w, kernel, pad
     (3, 5, 4, 9, 9, (5, 5), 2),      # odd padded size (13)
@@ -170,9 +170,6 @@ def test_layers_on_the_fourier_path_pass_gradient_checks_and_match_im2col(text, 
     """Small layers sent down the Fourier path (MAX_COST_RATIO raised):
     numeric gradients through the layer, and the layer's outputs and
     gradients equal to the same layer with the path switched off."""
-    from pycaffe_dist.blob import Blob
-    from pycaffe_dist.gradient_check import check_gradient
-    from tests.layers.test_vision import blob, make_layer
     monkeypatch.setattr(fourier, "MAX_COST_RATIO", float("inf"))
     taken = []
     original = fourier.Fourier.forward
@@ -180,22 +177,8 @@ def test_layers_on_the_fourier_path_pass_gradient_checks_and_match_im2col(text, 
     original_backward = fourier.Fourier.backward
     monkeypatch.setattr(fourier.Fourier, "backward",
                         lambda self, *a, **k: taken.append(2) or original_backward(self, *a, **k))
-    x = numpy.random.default_rng(5).standard_normal((2, 4, 6, 7))
-    check_gradient(make_layer(text), [blob(x)], [Blob((), dtype=numpy.float64)], max_points=60)
+    check_layer_against_im2col(monkeypatch, fourier, text)
     assert 1 in taken and 2 in taken
-    layer, bottom, top = make_layer(text), [blob(x)], [Blob((), dtype=numpy.float64)]
-    layer.setup(bottom, top)
-    results = []
-    for enabled in (True, False):
-        monkeypatch.setattr(fourier, "ENABLED", enabled)
-        for b in layer.blobs:
-            b.diff[...] = 0
-        layer.forward(bottom, top)
-        top[0].diff[...] = numpy.random.default_rng(6).standard_normal(top[0].shape)
-        layer.backward(top, [True], bottom)
-        results.append([top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
-    for got, want in zip(*results):
-        numpy.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
 
 
 def test_layers_sharing_the_scratch_do_not_disturb_each_other():

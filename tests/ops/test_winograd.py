@@ -162,21 +162,28 @@ def test_layers_on_the_winograd_path_pass_gradient_checks_and_match_im2col(text,
     """Small layers sent down the Winograd path (MIN_DEPTH lowered): numeric
     gradients through the layer, and the layer's outputs and gradients
     equal to the same layer with Winograd switched off."""
-    from pycaffe_dist.blob import Blob
-    from pycaffe_dist.gradient_check import check_gradient
-    from tests.layers.test_vision import blob, make_layer
     monkeypatch.setattr(winograd, "MIN_DEPTH", {3: 0, 5: 0})
     taken = []
     original = winograd.Winograd.forward
     monkeypatch.setattr(winograd.Winograd, "forward", lambda self, *a: taken.append(self.m) or original(self, *a))
+    check_layer_against_im2col(monkeypatch, winograd, text)
+    assert taken
+
+
+def check_layer_against_im2col(monkeypatch, path, text):
+    """A Convolution/Deconvolution layer given by `text` on the path
+    `path` (a module with an ENABLED switch) passes numeric gradient checks
+    and equals, outputs and gradients, the same layer with the path off."""
+    from pycaffe_dist.blob import Blob
+    from pycaffe_dist.gradient_check import check_gradient
+    from tests.layers.test_vision import blob, make_layer
     x = numpy.random.default_rng(5).standard_normal((2, 4, 6, 7))
     check_gradient(make_layer(text), [blob(x)], [Blob((), dtype=numpy.float64)], max_points=60)
-    assert taken
     layer, bottom, top = make_layer(text), [blob(x)], [Blob((), dtype=numpy.float64)]
     layer.setup(bottom, top)
     results = []
     for enabled in (True, False):
-        monkeypatch.setattr(winograd, "ENABLED", enabled)
+        monkeypatch.setattr(path, "ENABLED", enabled)
         for b in layer.blobs:
             b.diff[...] = 0
         layer.forward(bottom, top)
