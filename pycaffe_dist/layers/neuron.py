@@ -68,7 +68,8 @@ class ReLU(NeuronLayer):
         and split over the ops' threads (ops.threads.elementwise; `name`
         tells a lane's scratch buffers apart); elementwise, so the same
         bits as whole arrays."""
-        if arrays[0].size <= threads.ELEMENTWISE_WHOLE or not all(a.flags.c_contiguous for a in arrays):
+        if (arrays[0].size < min(threads.ELEMENTWISE_LANES, threads.ELEMENTWISE_WHOLE)
+                or not all(a.flags.c_contiguous for a in arrays)):
             body("", *arrays)
             return
         flat = [a.reshape(-1) for a in arrays]

@@ -185,31 +185,37 @@ def _on_pool(tasks):
 # whole-array passes on 12-19 MB arrays at one thread (caches evicted
 # between calls; bench/bench_elementwise.py). With several threads the
 # blocks are cut into one contiguous run per lane, run at once or in turn
-# as the op's Choice measures: x0.42-0.97 at two threads. A one-pass op
-# (plain ReLU's forward) stays whole on one thread (blocks: x1.04-1.07),
-# and so do arrays up to ELEMENTWISE_WHOLE at any thread count: their
-# mask fits L2 anyway, and blocks and lanes measured x1.04-1.5 there (a
-# relu on 0.8M elements, cifar10's relu1: x1.20 at two threads).
+# as the op's Choice measures: x0.42-0.97 at two threads. Smaller arrays
+# stay whole (their mask fits L2 anyway; blocks measured x1.04-1.5 there),
+# except that with several threads an op of several passes splits from
+# ELEMENTWISE_LANES elements, one block per lane: in cifar10_quick at two
+# threads its relu1 and relu2 backward (0.8M elements, written by the
+# convolutions' lanes just before) took 0.53 and 0.47 ms split, 0.69 and
+# 0.64 whole, while relu3 (0.4M) and the one-pass forward lost split. A
+# one-pass op on one thread always stays whole (blocks: x1.04-1.07).
 ELEMENTWISE_BLOCK = 1 << 18     # elements: 1 MB of float32
-ELEMENTWISE_WHOLE = 1 << 20     # elements up to this stay whole
+ELEMENTWISE_WHOLE = 1 << 20     # elements up to this stay whole...
+ELEMENTWISE_LANES = 1 << 19     # ...but from this many, ops of several passes split over several threads
 
 
 def elementwise(xp, size, body, choice, block=None, one_pass=False):
     """Call body(lane, start, stop) over [0, size) in blocks of `block`
-    elements (default ELEMENTWISE_BLOCK), cut into one contiguous run per
-    lane of the ops' threads and run by `run` with `choice`; one call
-    body(0, 0, size) up to ELEMENTWISE_WHOLE elements, on a GPU, and for
-    a `one_pass` op (nothing for blocks to keep in cache) on one thread.
-    Elementwise results do not depend on the cut, so the bits are the
-    same at any thread count."""
-    if xp is not numpy or size <= ELEMENTWISE_WHOLE or (one_pass and count(xp) == 1):
+    elements (default: above), cut into one contiguous run per lane of the
+    ops' threads and run by `run` with `choice`; one call body(0, 0, size)
+    where the sizes above say so, and on a GPU. Elementwise results do not
+    depend on the cut, so the bits are the same at any thread count."""
+    lanes = count(xp) if xp is numpy else 1
+    if one_pass:
+        split_up = lanes > 1 and size > ELEMENTWISE_WHOLE
+    else:
+        split_up = xp is numpy and (size > ELEMENTWISE_WHOLE or (lanes > 1 and size >= ELEMENTWISE_LANES))
+    if not split_up:
         body(0, 0, size)
         return
-    block = block or ELEMENTWISE_BLOCK
+    block = block or (ELEMENTWISE_BLOCK if size > ELEMENTWISE_WHOLE else -(-size // lanes))
     starts = list(range(0, size, block))
 
     def lane(k, part):
         for start in part:
             body(k, start, min(size, start + block))
-    run([functools.partial(lane, k, part) for k, part in enumerate(split(starts, min(count(xp), len(starts))))],
-        choice)
+    run([functools.partial(lane, k, part) for k, part in enumerate(split(starts, min(lanes, len(starts))))], choice)

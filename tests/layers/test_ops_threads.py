@@ -99,11 +99,13 @@ def test_lrn_on_several_threads_matches_one(region, monkeypatch):
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
 @pytest.mark.parametrize("slope", [0.0, 0.25])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_relu_in_blocks_on_several_threads_equals_the_formula(slope, in_place, monkeypatch):
+@pytest.mark.parametrize("whole", [100, 1000])      # blocks of 70, or one block per lane
+def test_relu_in_blocks_on_several_threads_equals_the_formula(slope, in_place, whole, monkeypatch):
     """ReLU's passes in blocks (a short last one) over 1-3 lanes, at once
     and in turn: the bits of the formula on whole arrays, whatever the cut."""
     monkeypatch.setattr(threads, "ELEMENTWISE_BLOCK", 70)
-    monkeypatch.setattr(threads, "ELEMENTWISE_WHOLE", 100)
+    monkeypatch.setattr(threads, "ELEMENTWISE_WHOLE", whole)
+    monkeypatch.setattr(threads, "ELEMENTWISE_LANES", 100)
     rng = numpy.random.default_rng(5)
     x = rng.standard_normal((3, 4, 5, 6)).astype(numpy.float32)      # 360 elements: 6 blocks
     x[0, 0, 0, :3] = (0.0, -0.0, numpy.nan)
