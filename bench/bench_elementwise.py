@@ -10,6 +10,7 @@ median over rounds of new over old (below 1: the blocks are faster).
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_elementwise.py [--rounds 30]
 """
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -22,7 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES = [(64, 500), (100, 64, 8, 8), (100, 32, 16, 16), (100, 32, 32, 32), (16, 96, 55, 55), (16, 256, 27, 27)]
 
 
-def layer_and_blobs(shape, slope, rng):
+def layers_and_blobs(shape, slope, rng):
+    """Two ReLU layers on the same blobs: one for the whole-array passes,
+    one for the layer's own way (each keeps its own scratch buffers)."""
     from pycaffe_dist.blob import Blob
     from pycaffe_dist.layers.neuron import ReLU
     from pycaffe_dist.proto import caffe_pb2
@@ -31,9 +34,10 @@ def layer_and_blobs(shape, slope, rng):
     bottom, top = Blob(shape), Blob(shape)
     bottom.data[...] = rng.standard_normal(shape, dtype=numpy.float32)
     top.diff[...] = rng.standard_normal(shape, dtype=numpy.float32)
-    layer = ReLU(param)
-    layer.setup([bottom], [top])
-    return layer, bottom, top
+    layers = [ReLU(param), ReLU(param)]
+    for layer in layers:
+        layer.setup([bottom], [top])
+    return layers, bottom, top
 
 
 def main(argv=None):
@@ -46,17 +50,12 @@ def main(argv=None):
     print("load average %.2f" % os.getloadavg()[0])
     for slope in (0.0, 0.1):
         for shape in SHAPES:
-            layer, bottom, top = layer_and_blobs(shape, slope, rng)
-            runners = {}
-            for count in (1, 2):
-                runners[(count, "backward", "old")] = lambda layer=layer, bottom=bottom, top=top: layer._backward(
-                    "", bottom.data, top.diff, bottom.diff)
-                runners[(count, "backward", "new")] = lambda layer=layer, bottom=bottom, top=top: layer.backward(
-                    [top], [True], [bottom])
-                runners[(count, "forward", "old")] = lambda layer=layer, bottom=bottom, top=top: layer._forward(
-                    "", bottom.data, top.data)
-                runners[(count, "forward", "new")] = lambda layer=layer, bottom=bottom, top=top: layer.forward(
-                    [bottom], [top])
+            (whole, layer), bottom, top = layers_and_blobs(shape, slope, rng)
+            ways = {("backward", "old"): functools.partial(whole._backward, "", bottom.data, top.diff, bottom.diff),
+                    ("backward", "new"): functools.partial(layer.backward, [top], [True], [bottom]),
+                    ("forward", "old"): functools.partial(whole._forward, "", bottom.data, top.data),
+                    ("forward", "new"): functools.partial(layer.forward, [bottom], [top])}
+            runners = {(count,) + way: run for count in (1, 2) for way, run in ways.items()}
             times = {key: [] for key in runners}
             for _ in range(args.rounds + 5):
                 for key, run in runners.items():

@@ -68,7 +68,8 @@ class ReLU(NeuronLayer):
         and split over the ops' threads (ops.threads.elementwise; `name`
         tells a lane's scratch buffers apart); elementwise, so the same
         bits as whole arrays."""
-        if (arrays[0].size < min(threads.ELEMENTWISE_LANES, threads.ELEMENTWISE_WHOLE)
+        size = arrays[0].size       # sizes that ops.threads.elementwise keeps whole at any thread count
+        if (size <= threads.ELEMENTWISE_WHOLE and (one_pass or size < threads.ELEMENTWISE_LANES)
                 or not all(a.flags.c_contiguous for a in arrays)):
             body("", *arrays)
             return
