@@ -13,8 +13,10 @@ multi-threaded OpenBLAS made LeNet's step 2.5x slower and cifar10_quick's
 15x: its threads split GEMMs far too small to share and then spin waiting
 for the next one, on the very cores the ops' threads need. The ops'
 threads run every convolution and pooling chunk instead, runs of images
-for LRN, and InnerProduct's GEMMs cut by output columns (large ones only:
-ops/inner_product.py); other GEMMs run on one thread. Without threadpoolctl BLAS is left alone
+for LRN, InnerProduct's GEMMs cut by output columns (large ones only:
+ops/inner_product.py), average pooling's GEMM cut by planes (likewise),
+and runs of blocks of large elementwise ops (ReLU: elementwise() below);
+other GEMMs run on one thread. Without threadpoolctl BLAS is left alone
 and the ops run serially. Worker threads of the parallel launcher (which
 limits BLAS while they train) always run serially.
 
@@ -176,7 +178,6 @@ def _on_pool(tasks):
         return [first] + [f.result() for f in futures]
     finally:
         concurrent.futures.wait(futures)
-
 
 
 # Elementwise ops (ReLU) on arrays that outgrow L2 (2 MB a core) run in
