@@ -11,11 +11,15 @@ e.g. the main branch) runs as a third runner, "before"; with --step, whole
 cifar10_quick training steps (batch 100) alternate between a net with this
 tree's max pooling and one with TREE's, and with --in-net the two nets run
 layer by layer (as `pycaffe-dist time` does) and pool1 is timed inside them.
+With --ave, cifar10's average pooling (pool2 and pool3, one GEMM each way)
+runs as one whole matmul (the code before its rows were split over the
+ops' threads) against the op, the caches evicted before every call.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_pooling.py [--threads 1,2] [--rounds 16]
-        [--layers c10q.pool1,cn.pool1,cn.pool2,cn.pool5] [--against ../main] [--step | --in-net]
+        [--layers c10q.pool1,cn.pool1,cn.pool2,cn.pool5] [--against ../main] [--step | --in-net | --ave]
 """
 import argparse
+import functools
 import importlib.util
 import os
 import statistics
@@ -188,6 +192,43 @@ def bench_step(counts, rounds, before):
     set_threads(1)
 
 
+def bench_ave(counts, rounds):
+    """cifar10's AVE pool2/pool3 GEMMs: one whole matmul against the op."""
+    import numpy
+    from pycaffe_dist import ops
+    rng = numpy.random.default_rng(0)
+    evict = numpy.empty(8 << 20, numpy.float32)
+    print("layer     threads pass  whole ms     op ms  op/whole")
+    for name, shape in (("c10.pool2", (100, 32, 16, 16)), ("c10.pool3", (100, 64, 8, 8))):
+        n, c, h, w = shape
+        out = tuple(ops.pooled_size(s, 3, 2, 0) for s in (h, w))
+        op = ops.AveragePooling(ops.PoolGeometry((3, 3), (2, 2), (0, 0), (h, w), out))
+        x, y = rng.standard_normal(shape, dtype=numpy.float32), numpy.empty((n, c) + out, numpy.float32)
+        dy, dx = rng.standard_normal(y.shape, dtype=numpy.float32), numpy.empty_like(x)
+        operator = op._operator(numpy, numpy.float32)
+        ways = {("fwd", "whole"): functools.partial(numpy.matmul, x.reshape(n * c, -1), operator,
+                                                    out=y.reshape(n * c, -1)),
+                ("fwd", "op"): functools.partial(op.forward, x, y),
+                ("bwd", "whole"): functools.partial(numpy.matmul, dy.reshape(n * c, -1), operator.T,
+                                                    out=dx.reshape(n * c, -1)),
+                ("bwd", "op"): functools.partial(op.backward, dy, dx)}
+        runners = {(count,) + way: run for count in counts for way, run in ways.items()}
+        times = {key: [] for key in runners}
+        for _ in range(rounds + 10):
+            for key, run in runners.items():
+                set_threads(key[0])
+                evict += 1
+                start = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - start)
+        for count in counts:
+            for kind in ("fwd", "bwd"):
+                whole, mine = times[(count, kind, "whole")][10:], times[(count, kind, "op")][10:]
+                ratio = statistics.median(b / a for a, b in zip(whole, mine))
+                print(f"{name:9s} {count:7d} {kind:4s} {1e3 * min(whole):9.3f} {1e3 * min(mine):9.3f} {ratio:9.2f}")
+    set_threads(1)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
@@ -196,13 +237,16 @@ def main(argv=None):
     parser.add_argument("--against", help="another pycaffe_dist checkout, run as 'before'")
     parser.add_argument("--step", action="store_true", help="whole cifar10_quick steps against --against's pooling")
     parser.add_argument("--in-net", action="store_true", help="pool1 inside cifar10_quick against --against's")
+    parser.add_argument("--ave", action="store_true", help="cifar10's AVE GEMMs: whole matmul against the op")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.threads.split(",")]
     before = load_pooling(args.against) if args.against else None
     print(f"# load average {os.getloadavg()[0]:.2f} at start")
     if (args.step or args.in_net) and before is None:
         parser.error("--step and --in-net need --against")
-    if args.step:
+    if args.ave:
+        bench_ave(counts, args.rounds)
+    elif args.step:
         bench_step(counts, args.rounds, before)
     elif args.in_net:
         bench_in_net(counts, args.rounds, before)

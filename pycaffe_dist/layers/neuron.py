@@ -11,6 +11,7 @@ that the layer keeps only when it runs in place.
 import numpy
 
 from .. import backend
+from ..ops import threads
 from ..proto.caffe_pb2 import TRAIN, FillerParameter
 from .base import Layer, register
 from .common import check_not_in_place, scratch
@@ -48,25 +49,54 @@ class ReLU(NeuronLayer):
 
     def layer_setup(self, bottom, top):
         self.negative_slope = float(self.param.relu_param.negative_slope)
+        self._choices = threads.Choices()
 
-    def _slopes(self, x):
+    def _slopes(self, x, name=""):
         # 1 where x > 0, negative_slope elsewhere: the derivative, and the
         # factor that maps x to y for the leaky form.
-        positive = self.scratch("_positive", x.shape, bool)
+        positive = self.scratch("_positive" + name, x.shape, bool)
         self.xp.greater(x, 0, out=positive)
-        slopes = self.scratch("_slope_buf", x.shape, x.dtype)
+        slopes = self.scratch("_slope_buf" + name, x.shape, x.dtype)
         # typed scalars: a Python float makes numpy go through float64
         cast = slopes.dtype.type
         self.xp.multiply(positive, cast(1.0 - self.negative_slope), out=slopes)
         slopes += cast(self.negative_slope)
         return slopes
 
-    def forward(self, bottom, top):
-        x, y = bottom[0].data, top[0].data
+    def _blocks(self, kind, body, *arrays, one_pass=False):
+        """body(name, *blocks) over the arrays' elements, block by block
+        and split over the ops' threads (ops.threads.elementwise; `name`
+        tells a lane's scratch buffers apart); elementwise, so the same
+        bits as whole arrays."""
+        size = arrays[0].size       # sizes that ops.threads.elementwise keeps whole at any thread count
+        if (size <= threads.ELEMENTWISE_WHOLE and (one_pass or size < threads.ELEMENTWISE_LANES)
+                or not all(a.flags.c_contiguous for a in arrays)):
+            body("", *arrays)
+            return
+        flat = [a.reshape(-1) for a in arrays]
+
+        def block(lane, start, stop):
+            name = "" if stop - start == flat[0].size else "_lane%d_%d" % (lane, stop - start)
+            body(name, *(f[start:stop] for f in flat))
+        threads.elementwise(self.xp, flat[0].size, block, self._choices[kind], one_pass=one_pass)
+
+    def _forward(self, name, x, y):
         if self.negative_slope == 0:
             self.xp.maximum(x, 0, out=y)
         else:
-            self.xp.multiply(x, self._slopes(x), out=y)
+            self.xp.multiply(x, self._slopes(x, name), out=y)
+
+    def _backward(self, name, x, dy, dx):
+        if self.negative_slope == 0:
+            positive = self.scratch("_positive" + name, x.shape, bool)
+            self.xp.greater(x, 0, out=positive)
+            self.xp.multiply(dy, positive, out=dx)
+        else:
+            self.xp.multiply(dy, self._slopes(x, name), out=dx)
+
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        self._blocks("forward", self._forward, x, y, one_pass=self.negative_slope == 0)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -74,12 +104,7 @@ class ReLU(NeuronLayer):
         # bottom data is the top data when in place; its sign is unchanged
         # for a non-negative slope, so the derivative reads the same.
         x, dy, dx = bottom[0].data, top[0].diff, bottom[0].diff
-        if self.negative_slope == 0:
-            positive = self.scratch("_positive", x.shape, bool)
-            self.xp.greater(x, 0, out=positive)
-            self.xp.multiply(dy, positive, out=dx)
-        else:
-            self.xp.multiply(dy, self._slopes(x), out=dx)
+        self._blocks("backward", self._backward, x, dy, dx)
 
 
 @register

@@ -5,12 +5,13 @@ OH*OW) matrix of window weights 1/pool_size (Caffe's pool size counts
 padding up to H + pad); bigger planes use pooling.TwoStage's phase split and
 two stages of sums, as max pooling does with maxima.
 """
+import functools
 import math
 
 import numpy
 
 from .. import backend
-from . import kernels
+from . import kernels, threads
 from .pooling import TwoStage
 
 # Average pooling is a GEMM when its (H*W, OH*OW) matrix has at most this
@@ -18,6 +19,12 @@ from .pooling import TwoStage
 # the separable sums (a GEMM flop is that much cheaper than a numpy add).
 GEMM_MAX_ENTRIES = 1 << 20
 GEMM_FACTOR = 32
+# The GEMM's rows (planes) are cut into one contiguous run per thread where
+# it does at least this many flops: cifar10's pool2 (105 MFLOP) forward and
+# backward x0.76-0.77 at two threads (bench/bench_pooling.py --ave); pool3
+# (13 MFLOP, 0.18 ms) measured x1.22 split, so it runs whole on the calling
+# thread. A given thread count always cuts the same way.
+GEMM_SPLIT_FLOPS = 1 << 25
 
 
 def _average_weights(size, kernel, stride, pad, out):
@@ -72,7 +79,7 @@ class AveragePooling(TwoStage):
         xp = backend.get_array_module(x)
         n, c = x.shape[:2]
         if self.use_gemm:
-            xp.matmul(x.reshape(n * c, -1), self._operator(xp, x.dtype), out=y.reshape(n * c, -1))
+            self._matmul(xp, x.reshape(n * c, -1), self._operator(xp, x.dtype), y.reshape(n * c, -1), "forward")
             return
         g = self.geometry
         planes, out = self._planes(x), self._planes(y)
@@ -88,6 +95,16 @@ class AveragePooling(TwoStage):
             xp.multiply(result[:, :g.out_size[0], :g.out_size[1]], inverse, out=out[p0:p1])
         self._each_block(xp, planes.shape[0], x.itemsize, block_average)
 
+    def _matmul(self, xp, a, b, out, kind):
+        """out = a @ b, its rows split over the ops' threads (see GEMM_SPLIT_FLOPS)."""
+        lanes = threads.count(xp) if 2 * a.shape[0] * a.shape[1] * b.shape[1] >= GEMM_SPLIT_FLOPS else 1
+        if lanes < 2:
+            xp.matmul(a, b, out=out)
+            return
+        runs = threads.split(range(a.shape[0]), lanes)
+        threads.run([functools.partial(xp.matmul, a[r.start:r.stop], b, out=out[r.start:r.stop]) for r in runs],
+                    self._choices["gemm " + kind])
+
     @staticmethod
     def _sum(xp, views, out):
         xp.copyto(out, views[0])
@@ -100,7 +117,7 @@ class AveragePooling(TwoStage):
         xp = backend.get_array_module(dy)
         n, c = dy.shape[:2]
         if self.use_gemm:
-            xp.matmul(dy.reshape(n * c, -1), self._operator(xp, dy.dtype).T, out=dx.reshape(n * c, -1))
+            self._matmul(xp, dy.reshape(n * c, -1), self._operator(xp, dy.dtype).T, dx.reshape(n * c, -1), "backward")
             return
         g = self.geometry
         grad, dx_planes = self._planes(dy), self._planes(dx)

@@ -13,8 +13,10 @@ multi-threaded OpenBLAS made LeNet's step 2.5x slower and cifar10_quick's
 15x: its threads split GEMMs far too small to share and then spin waiting
 for the next one, on the very cores the ops' threads need. The ops'
 threads run every convolution and pooling chunk instead, runs of images
-for LRN, and InnerProduct's GEMMs cut by output columns (large ones only:
-ops/inner_product.py); other GEMMs run on one thread. Without threadpoolctl BLAS is left alone
+for LRN, InnerProduct's GEMMs cut by output columns (large ones only:
+ops/inner_product.py), average pooling's GEMM cut by planes (likewise),
+and runs of blocks of large elementwise ops (ReLU: elementwise() below);
+other GEMMs run on one thread. Without threadpoolctl BLAS is left alone
 and the ops run serially. Worker threads of the parallel launcher (which
 limits BLAS while they train) always run serially.
 
@@ -31,6 +33,7 @@ are combined in are the same either way, so the choice changes no bit.
 """
 import collections
 import concurrent.futures
+import functools
 import statistics
 import threading
 import time
@@ -175,3 +178,45 @@ def _on_pool(tasks):
         return [first] + [f.result() for f in futures]
     finally:
         concurrent.futures.wait(futures)
+
+
+# Elementwise ops (ReLU) on arrays that outgrow L2 (2 MB a core) run in
+# blocks, so that an op of several passes (ReLU's backward: a mask, then
+# a product) keeps its intermediate in cache between them: x0.69-0.85 of
+# whole-array passes on 12-19 MB arrays at one thread (caches evicted
+# between calls; bench/bench_elementwise.py). With several threads the
+# blocks are cut into one contiguous run per lane, run at once or in turn
+# as the op's Choice measures: x0.42-0.97 at two threads. Smaller arrays
+# stay whole (their mask fits L2 anyway; blocks measured x1.04-1.5 there),
+# except that with several threads an op of several passes splits from
+# ELEMENTWISE_LANES elements, one block per lane: in cifar10_quick at two
+# threads its relu1 and relu2 backward (0.8M elements, written by the
+# convolutions' lanes just before) took 0.53 and 0.47 ms split, 0.69 and
+# 0.64 whole, while relu3 (0.4M) and the one-pass forward lost split. A
+# one-pass op on one thread always stays whole (blocks: x1.04-1.07).
+ELEMENTWISE_BLOCK = 1 << 18     # elements: 1 MB of float32
+ELEMENTWISE_WHOLE = 1 << 20     # elements up to this stay whole...
+ELEMENTWISE_LANES = 1 << 19     # ...but from this many, ops of several passes split over several threads
+
+
+def elementwise(xp, size, body, choice, block=None, one_pass=False):
+    """Call body(lane, start, stop) over [0, size) in blocks of `block`
+    elements (default: above), cut into one contiguous run per lane of the
+    ops' threads and run by `run` with `choice`; one call body(0, 0, size)
+    where the sizes above say so, and on a GPU. Elementwise results do not
+    depend on the cut, so the bits are the same at any thread count."""
+    lanes = count(xp) if xp is numpy else 1
+    if one_pass:
+        split_up = lanes > 1 and size > ELEMENTWISE_WHOLE
+    else:
+        split_up = xp is numpy and (size > ELEMENTWISE_WHOLE or (lanes > 1 and size >= ELEMENTWISE_LANES))
+    if not split_up:
+        body(0, 0, size)
+        return
+    block = block or (ELEMENTWISE_BLOCK if size > ELEMENTWISE_WHOLE else -(-size // lanes))
+    starts = list(range(0, size, block))
+
+    def lane(k, part):
+        for start in part:
+            body(k, start, min(size, start + block))
+    run([functools.partial(lane, k, part) for k, part in enumerate(split(starts, min(lanes, len(starts))))], choice)

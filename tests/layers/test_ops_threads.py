@@ -8,7 +8,7 @@ from tests.layers.test_common import blob_of, make_layer, tops
 
 
 def inner_product_iteration(transpose, x, dy, monkeypatch, count):
-    monkeypatch.setattr(threads, "count", lambda xp=None: count)
+    monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
     layer = make_layer('name: "ip" type: "InnerProduct" inner_product_param { num_output: 7 transpose: %s '
                        'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }'
                        % ("true" if transpose else "false"))
@@ -94,3 +94,39 @@ def test_lrn_on_several_threads_matches_one(region, monkeypatch):
     for got in results[1:]:         # every step is elementwise within an image: the same bits
         for a, b in zip(results[0], got):
             numpy.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("slope", [0.0, 0.25])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("whole", [100, 1000])      # blocks of 70, or one block per lane
+def test_relu_in_blocks_on_several_threads_equals_the_formula(slope, in_place, whole, monkeypatch):
+    """ReLU's passes in blocks (a short last one) over 1-3 lanes, at once
+    and in turn: the bits of the formula on whole arrays, whatever the cut."""
+    monkeypatch.setattr(threads, "ELEMENTWISE_BLOCK", 70)
+    monkeypatch.setattr(threads, "ELEMENTWISE_WHOLE", whole)
+    monkeypatch.setattr(threads, "ELEMENTWISE_LANES", 100)
+    rng = numpy.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 5, 6)).astype(numpy.float32)      # 360 elements: 6 blocks
+    x[0, 0, 0, :3] = (0.0, -0.0, numpy.nan)
+    dy = rng.standard_normal(x.shape).astype(numpy.float32)
+    dy[0, 0, 1, :2] = (numpy.inf, -numpy.inf)
+    s = numpy.float32(slope)
+    slopes = (x > 0) * numpy.float32(1 - slope) + s
+    expected_y = numpy.maximum(x, 0) if slope == 0 else x * slopes
+    expected_dx = dy * (x > 0) if slope == 0 else dy * slopes
+    param = 'name: "relu" type: "ReLU" relu_param { negative_slope: %g }' % slope
+    for count, at_once in ((1, True), (2, True), (2, False), (3, True), (2, True)):
+        monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        monkeypatch.setattr(threads.Choice, "parallel", lambda self, lanes, at_once=at_once: at_once)
+        monkeypatch.setattr(threads.Choice, "record", lambda self, way, seconds: None)
+        layer = make_layer(param)
+        bottom = [blob_of(x)]
+        top = bottom if in_place else tops()
+        layer.setup(bottom, top)
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        numpy.testing.assert_array_equal(top[0].data, expected_y, err_msg=f"{count} threads")
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        numpy.testing.assert_array_equal(bottom[0].diff, expected_dx, err_msg=f"{count} threads")

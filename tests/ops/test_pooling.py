@@ -139,10 +139,12 @@ def test_average_pooling_in_two_stages_matches_caffe_loops(shape, kernel, stride
         x = rng.standard_normal(shape)
 
 
-def test_backward_goes_by_the_blocks_of_the_forward(monkeypatch):
+@pytest.mark.parametrize("pad", [(1, 1), (0, 0)])     # gradient planes of their own, dx's planes
+def test_backward_goes_by_the_blocks_of_the_forward(pad, monkeypatch):
     """Lanes at once take bigger blocks; a backward run in turn must still
-    read the argmax indices by the forward's blocks."""
-    shape, kernel, stride, pad = (3, 5, 9, 11), (3, 3), (2, 2), (1, 1)
+    read the argmax indices by the forward's blocks (walking each in runs
+    of one-thread size: 4, 4, 4 planes, then 3)."""
+    shape, kernel, stride = (3, 5, 9, 11), (3, 3), (2, 2)
     rng = numpy.random.default_rng(11)
     x = rng.integers(0, 4, shape).astype(numpy.float32)
     op, out_shape = pool_op(shape, kernel, stride, pad)
@@ -156,3 +158,42 @@ def test_backward_goes_by_the_blocks_of_the_forward(monkeypatch):
     dx = numpy.empty(shape, numpy.float32)
     op.backward(dy, dx)
     numpy.testing.assert_array_equal(dx, caffe_max_pool(x.astype(F64), kernel, stride, pad)[2](dy))
+
+
+def caffe_ave_pool_backward(dy, shape, kernel, stride, pad):
+    """Caffe's AVE backward loop: each window spreads dy / pool size over its input."""
+    dx = numpy.zeros(shape)
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = shape[2:], kernel, stride, pad
+    for i, j in itertools.product(range(dy.shape[2]), range(dy.shape[3])):
+        h0, w0 = i * sh - ph, j * sw - pw
+        h1, w1 = min(h0 + kh, h + ph), min(w0 + kw, w + pw)
+        size = (h1 - h0) * (w1 - w0)
+        h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, h), min(w1, w)
+        dx[:, :, h0:h1, w0:w1] += (dy[:, :, i, j] / size)[:, :, None, None]
+    return dx
+
+
+def test_average_pooling_gemm_split_over_threads_matches_caffe_loops(monkeypatch):
+    """The GEMM form's rows cut over 1-3 lanes: Caffe's values, and the same
+    bits again for the same thread count."""
+    monkeypatch.setattr(average_pooling, "GEMM_SPLIT_FLOPS", 0)
+    shape, kernel, stride, pad = (2, 5, 6, 7), (3, 3), (2, 2), (1, 1)
+    rng = numpy.random.default_rng(12)
+    x = rng.standard_normal(shape)
+    out = tuple(ops.pooled_size(s, k, st, p) for s, k, st, p in zip(shape[2:], kernel, stride, pad))
+    dy = rng.standard_normal(shape[:2] + out)
+    expected = (naive_pool(x, "AVE", kernel, stride, pad)[0], caffe_ave_pool_backward(dy, shape, kernel, stride, pad))
+    results = {}
+    for count in (1, 2, 3, 2):
+        monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        op = average_pooling.AveragePooling(ops.PoolGeometry(kernel, stride, pad, shape[2:], out))
+        assert op.use_gemm
+        y, dx = numpy.empty(shape[:2] + out), numpy.empty(shape)
+        op.forward(x, y)
+        op.backward(dy, dx)
+        for got, want in zip((y, dx), expected):
+            numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{count} threads")
+        if count in results:
+            for a, b in zip(results[count], (y, dx)):
+                numpy.testing.assert_array_equal(a, b)
+        results[count] = (y, dx)
