@@ -57,6 +57,19 @@ LANE_COLUMN_SCALE = 2
 # of rebuilding x's (False: rebuild, for comparisons in bench/bench_conv.py).
 SHARED_COLUMNS = True
 
+# False: batch-last chunks take the one-thread budget per lane (for comparisons).
+BATCH_LAST_LANES_SHARE = True
+
+def _budget(columns, lanes):
+    """Column bytes of one lane's chunk. Batch-last columns are far beyond a
+    cache whatever their size (conv_batch_last), so their lanes share the
+    one-thread budget: cifar10_quick's conv1 held 42 MB of them at two
+    threads, 22 at one."""
+    if isinstance(columns, BatchLast):
+        return COLUMN_BYTES * conv_cost.BATCH_LAST_SCALE // (BATCH_LAST_LANES_SHARE and lanes or 1)
+    return COLUMN_BYTES * (LANE_COLUMN_SCALE if lanes > 1 else 1)
+
+
 def conv_out_size(size, kernel, stride, pad, dilation):
     """Caffe's convolution output size: rounds down."""
     extent = dilation * (kernel - 1) + 1
@@ -171,9 +184,7 @@ class Convolution:
         lane; and the longest range's length. On a GPU, one chunk."""
         if xp is not numpy:
             return [[(0, n)]], n
-        budget = COLUMN_BYTES * (LANE_COLUMN_SCALE if lanes > 1 else 1)
-        size = min(conv_cost.images_per_chunk(budget * (conv_cost.BATCH_LAST_SCALE if isinstance(p, BatchLast) else 1),
-                                              p.image_bytes(itemsize), n) for p in passes)
+        size = min(conv_cost.images_per_chunk(_budget(p, lanes), p.image_bytes(itemsize), n) for p in passes)
         size = max(1, min(size, -(-n // lanes)))
         chunks = [(n0, min(n, n0 + size)) for n0 in range(0, n, size)]
         return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], size
