@@ -90,8 +90,8 @@ def use_fourier(geometry, group, channels, outputs, spatial, images, needs_dx=Tr
 MAX_COST_RATIO = 0.5
 
 # The most product weights (bins x 2O x 2C per group) the path takes on:
-# each op keeps them and a weight-gradient product of the same size per
-# lane, and passes over them that no cache holds cost more than cost_ratio
+# each op keeps them, backward makes a weight-gradient product of the same
+# size per lane (in the thread's scratch), and passes over them that no cache holds cost more than cost_ratio
 # counts. CaffeNet's conv2 (batch 16, 12.2M per group, 98 MB of products
 # for the layer) ran at 0.94 of Winograd's fwd+bwd time with its weights
 # changing every step, and made the whole step 1.03x slower; a 5x5 64->64
