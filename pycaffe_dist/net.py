@@ -223,6 +223,8 @@ class Net:
                     need or layer.allow_force_backward(j)
                     for j, need in enumerate(self.bottom_need_backward[i])]
                 layer.param_propagate_down = [True] * len(layer.blobs)
+        for layer, bottom_needs in zip(self.layers, self.bottom_need_backward):
+            layer.expect_backward(bottom_needs)
 
     # -- running ---------------------------------------------------------------
     def layer_index(self, name):

@@ -120,6 +120,11 @@ class Layer:
         # A loss layer's second bottom is its label: never differentiated.
         return not (self.is_loss and bottom_index == 1)
 
+    def expect_backward(self, bottom_needs):
+        """Which bottoms backward will be asked for (the Net says so once it
+        has worked that out); layers whose forward prepares for backward
+        plan by it."""
+
     # -- helpers for subclasses -------------------------------------------------
     def make_blob(self, shape, filler=None):
         """A learnable blob of `shape`, filled by a FillerParameter when given."""

@@ -161,6 +161,9 @@ class Convolution(_WeightedConvolution):
             x = b.data.reshape(self.in_shape)
             self.op.forward(x, self.blobs[0].data, bias, t.data.reshape(self.out_shape))
 
+    def expect_backward(self, bottom_needs):
+        self.op.expect_dx(any(bottom_needs))
+
     def backward(self, top, propagate_down, bottom):
         dweight, dbias = self._gradient_targets()
         for i, (b, t) in enumerate(zip(bottom, top)):

@@ -57,8 +57,6 @@ LANE_COLUMN_SCALE = 2
 # of rebuilding x's (False: rebuild, for comparisons in bench/bench_conv.py).
 SHARED_COLUMNS = True
 
-# False: batch-last chunks take the one-thread budget per lane (for comparisons).
-BATCH_LAST_LANES_SHARE = True
 
 def _budget(columns, lanes):
     """Column bytes of one lane's chunk. Batch-last columns are far beyond a
@@ -66,7 +64,7 @@ def _budget(columns, lanes):
     one-thread budget: cifar10_quick's conv1 held 42 MB of them at two
     threads, 22 at one."""
     if isinstance(columns, BatchLast):
-        return COLUMN_BYTES * conv_cost.BATCH_LAST_SCALE // (BATCH_LAST_LANES_SHARE and lanes or 1)
+        return COLUMN_BYTES * conv_cost.BATCH_LAST_SCALE // max(lanes, 1)
     return COLUMN_BYTES * (LANE_COLUMN_SCALE if lanes > 1 else 1)
 
 
@@ -150,11 +148,32 @@ class Convolution:
         self.group = int(group)
         self.workspace = Workspace()
         self.needs_dx = True       # learned from the backward calls
+        self._learned = False
         self._lanes = {}
         self._plans = {}
         self._winograd = None
         self._fourier = None
         self._choices = threads.Choices()
+
+    def expect_dx(self, needs_dx):
+        """Whether backward will compute dx, told before the first forward
+        (layers.vision.Convolution, from the Net): forward plans its columns
+        for it."""
+        if not self._learned:
+            self.needs_dx = bool(needs_dx)
+
+    def _learn(self, needs_dx):
+        """Whether backward computes dx. Until the first backward says so,
+        forward plans by expect_dx (or for dx); if that was wrong, what
+        forward built for its plan goes (cifar10_quick's conv1, on the data,
+        kept 22 MB of batch-last columns it never used again)."""
+        if not self._learned and needs_dx != self.needs_dx:
+            self.workspace.clear()
+            self._lanes.clear()
+            self._plans.clear()
+            self._winograd = self._fourier = None
+        self._learned = True
+        self.needs_dx = needs_dx
 
     def _plan(self, x_shape, outputs, itemsize):
         """conv_cost's Plan for this input shape, worked out once."""
@@ -259,7 +278,7 @@ class Convolution:
         forward() last saw; x must not have changed since."""
         xp = backend.get_array_module(dy)
         if dweight is not None or dx is not None:
-            self.needs_dx = dx is not None
+            self._learn(dx is not None)
         fast = self._fast_path(xp, x.shape, weight.shape[0])
         if fast is not None:
             return fast.backward(x, dy, weight, dweight, dbias, dx)

@@ -76,3 +76,64 @@ def test_lanes_in_turn_give_the_bits_of_lanes_at_once(monkeypatch):
     numpy.testing.assert_allclose(at_once[0], numpy.einsum("nchwij,ocij->nohw", windows, w) + b[:, None, None],
                                   rtol=1e-12, atol=1e-12)
     numpy.testing.assert_allclose(at_once[1], numpy.einsum("nchwij,nohw->ocij", windows, dy), rtol=1e-12, atol=1e-12)
+
+
+def conv1_step(lanes, monkeypatch, expect=None, with_dx=True):
+    """Forward and backward of cifar10_quick's conv1 (3 -> 32, 5x5, pad 2,
+    batch 100) on `lanes` lanes; the op (told `expect` of dx first, if
+    given) and the bytes its workspace holds after."""
+    monkeypatch.setattr(threads, "count", lambda xp=None: lanes)
+    rng = numpy.random.default_rng(3)
+    x, w, b = (rng.standard_normal(s).astype(numpy.float32) for s in ((100, 3, 32, 32), (32, 3, 5, 5), (32,)))
+    op = Convolution(ConvGeometry((5, 5), (1, 1), (2, 2), (1, 1)))
+    if expect is not None:
+        op.expect_dx(expect)
+    y = numpy.empty((100, 32, 32, 32), numpy.float32)
+    op.forward(x, w, b, y)
+    op.backward(x, rng.standard_normal(y.shape).astype(numpy.float32), w, numpy.zeros_like(w), numpy.zeros_like(b),
+                numpy.empty_like(x) if with_dx else None)
+    return op, sum(a.nbytes for a in op.workspace._arrays.values())
+
+
+def test_batch_last_columns_at_two_lanes_take_no_more_memory_than_at_one(monkeypatch):
+    """Batch-last columns are far beyond a cache whatever their size: the
+    lanes share the one-thread budget, so two threads hold no more scratch
+    than one (each lane took the whole budget: 42 MB against 22)."""
+    from pycaffe_dist.ops import conv
+    from pycaffe_dist.ops.conv_batch_last import BatchLast
+    held = {}
+    for lanes in (1, 2):
+        op, held[lanes] = conv1_step(lanes, monkeypatch)
+        assert op._plan((100, 3, 32, 32), 32, 4).layout is BatchLast
+    assert held[1] > conv.COLUMN_BYTES * conv.conv_cost.BATCH_LAST_SCALE // 2   # the columns are most of it
+    assert held[2] <= held[1] * 1.05, held
+
+
+def test_a_convolution_on_the_data_plans_without_an_input_gradient(monkeypatch):
+    """Told before its first forward that no dx is wanted, the op builds
+    only that plan's buffers; not told, it drops the buffers of the plan
+    it guessed at its first backward, and holds no more (forward's own
+    weight matrix it makes again at the next forward)."""
+    told, held_told = conv1_step(1, monkeypatch, expect=False, with_dx=False)
+    guessed, held_guessed = conv1_step(1, monkeypatch, with_dx=False)
+    assert told.needs_dx is False and guessed.needs_dx is False
+    assert held_guessed <= held_told
+    _, held_with_dx = conv1_step(1, monkeypatch)
+    assert held_told < held_with_dx / 2
+
+
+def test_the_net_tells_its_convolutions_which_need_an_input_gradient():
+    from google.protobuf import text_format
+
+    from pycaffe_dist.net import Net
+    from pycaffe_dist.proto import caffe_pb2
+    text = """
+    layer { name: "data" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } } }
+    layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4 kernel_size: 3 } }
+    layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 4 kernel_size: 3 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "c2" top: "ip" inner_product_param { num_output: 3 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }"""
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
+    ops = {name: net.layers[net.layer_index(name)].op for name in ("c1", "c2")}
+    assert ops["c1"].needs_dx is False and ops["c2"].needs_dx is True
