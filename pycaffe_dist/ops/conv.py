@@ -199,14 +199,15 @@ class Convolution:
     @staticmethod
     def _chunks(xp, n, itemsize, lanes, *passes):
         """Image ranges whose columns (for every pass) fit the layouts'
-        budgets, at least one per lane, split into one contiguous run per
-        lane; and the longest range's length. On a GPU, one chunk."""
+        budgets, as many as a multiple of the lanes and of sizes within one
+        image of each other, split into one contiguous run per lane; and the
+        longest range's length. On a GPU, one chunk."""
         if xp is not numpy:
             return [[(0, n)]], n
         size = min(conv_cost.images_per_chunk(_budget(p, lanes), p.image_bytes(itemsize), n) for p in passes)
-        size = max(1, min(size, -(-n // lanes)))
-        chunks = [(n0, min(n, n0 + size)) for n0 in range(0, n, size)]
-        return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], size
+        count = min(n, -(-(-(-n // max(1, size))) // lanes) * lanes)
+        chunks = [(n * k // count, n * (k + 1) // count) for k in range(count)]
+        return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], -(-n // count)
 
     def _transposed_weight(self, weight):
         """(C, O/g, *kernel) weights of the input-gradient convolution: per
