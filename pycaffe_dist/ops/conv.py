@@ -283,9 +283,10 @@ class Convolution:
         fast = self._fast_path(xp, x.shape, weight.shape[0])
         if fast is not None:
             return fast.backward(x, dy, weight, dweight, dbias, dx)
-        if dbias is not None:
-            dbias += dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+        spatial_axes = tuple(range(2, dy.ndim))
         if dweight is None and dx is None:
+            if dbias is not None:
+                dbias += dy.sum(axis=(0,) + spatial_axes)
             return
         n, c = x.shape[:2]
         o = weight.shape[0]
@@ -310,7 +311,10 @@ class Convolution:
         wmat = forward[0].weights(weight) if col2im else None
         address = _address(x)
 
-        def lane(cols, tcols, run):
+        def lane(index, cols, tcols, run):
+            if dbias is not None:    # each lane its images' sum, added in lane order below
+                dy[run[0][0]:run[-1][1]].sum(axis=(0,) + spatial_axes,
+                                             out=self.workspace.get(f"dbias{index}", (o,), dy.dtype, xp))
             if shared:
                 acc = tcols.transposed_accumulator(weight.dtype, xp)
                 acc.fill(0)
@@ -330,8 +334,12 @@ class Convolution:
                     tcols.forward(tcol, twmat, dx[n0:n1], None)
                 elif col2im:
                     cols.col2im(dyc, wmat, dx[n0:n1], capacity)
-        threads.run([functools.partial(lane, cols, tcols, run) for cols, tcols, run in zip(forward, transpose, runs)],
+        threads.run([functools.partial(lane, index, cols, tcols, run)
+                     for index, (cols, tcols, run) in enumerate(zip(forward, transpose, runs))],
                     self._choices["backward", dweight is not None, dx is not None])
+        if dbias is not None:
+            for index in range(len(runs)):
+                dbias += self.workspace.get(f"dbias{index}", (o,), dy.dtype, xp)
         if shared:
             acc = transpose[0].transposed_accumulator(weight.dtype, xp)
             for tcols in transpose[1:len(runs)]:
