@@ -34,6 +34,8 @@ are combined in are the same either way, so the choice changes no bit.
 import collections
 import concurrent.futures
 import functools
+import os
+import queue
 import statistics
 import threading
 import time
@@ -44,7 +46,7 @@ import numpy
 MEASURED = True
 
 _lock = threading.Lock()
-_state = {"blas": None, "pool": None, "pool_size": 0, "threads": 0}
+_state = {"blas": None, "lanes": [], "threads": 0}
 
 
 def _blas():
@@ -164,15 +166,47 @@ def run(tasks, choice=None):
     return results
 
 
+class _Lane(threading.Thread):
+    """A thread that runs lane k's tasks, and only those: each lane's
+    thread-local scratch (ops/fourier.py) then lives on one thread and is
+    sized once. (A ThreadPoolExecutor hands a task to whichever idle thread
+    takes it: after a test had run with four threads, a two-lane op's
+    second lane moved between three threads and grew a new scratch buffer
+    on each.)"""
+
+    def __init__(self, k):
+        super().__init__(name=f"pycaffe-dist-op-{k}", daemon=True)
+        self.tasks = queue.SimpleQueue()
+        self.start()
+
+    def run(self):
+        while True:
+            future, task = self.tasks.get()
+            try:
+                future.set_result(task())
+            except BaseException as error:   # handed to the caller, who re-raises it
+                future.set_exception(error)
+
+    def submit(self, task):
+        future = concurrent.futures.Future()
+        self.tasks.put((future, task))
+        return future
+
+
+def _forget_lanes():
+    """In a forked child the lanes' threads are gone: start new ones on demand."""
+    _state["lanes"] = []
+
+
+os.register_at_fork(after_in_child=_forget_lanes)
+
+
 def _on_pool(tasks):
     with _lock:
-        if _state["pool_size"] < len(tasks) - 1:
-            if _state["pool"] is not None:
-                _state["pool"].shutdown()
-            _state["pool"] = concurrent.futures.ThreadPoolExecutor(len(tasks) - 1, "pycaffe-dist-op")
-            _state["pool_size"] = len(tasks) - 1
-        pool = _state["pool"]
-    futures = [pool.submit(task) for task in tasks[1:]]
+        while len(_state["lanes"]) < len(tasks) - 1:
+            _state["lanes"].append(_Lane(len(_state["lanes"]) + 1))
+        lanes = _state["lanes"]
+    futures = [lane.submit(task) for lane, task in zip(lanes, tasks[1:])]
     try:
         first = tasks[0]()
         return [first] + [f.result() for f in futures]
