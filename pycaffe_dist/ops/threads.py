@@ -34,6 +34,7 @@ are combined in are the same either way, so the choice changes no bit.
 import collections
 import concurrent.futures
 import functools
+import itertools
 import os
 import queue
 import statistics
@@ -99,24 +100,38 @@ class Choice:
     """One op's measured choice between running its lanes at once and one
     after another (see above). The first calls alternate, starting at once
     (the first of each way untimed: it makes that way's buffers); then the
-    faster way runs, and every PROBE-th call the other one. Ways are
-    compared in pairs of consecutive calls, one each way (time at once over
-    time in turn), so a load that changes from second to second weighs on
-    both sides of a pair alike; the median of the last KEEP pairs decides.
-    A change in the number of lanes starts the measuring again."""
+    faster way runs, and now and then the other one: every PROBE-th call
+    while the two are within CLEAR of each other, every PROBE_CLEAR-th once
+    one is clearly faster. Ways are compared in pairs of consecutive calls,
+    one each way (time at once over time in turn), so a load that changes
+    from second to second weighs on both sides of a pair alike; the median
+    of the last KEEP pairs decides. A change in the number of lanes starts
+    the measuring again.
+
+    Each probe costs the slower way's extra time: with every Choice probing
+    every 16th call, and all of them in the same step, one cifar10_quick
+    step in 16 took 78 ms instead of 49 at two threads (2 ms a step on
+    average, where at once beat in turn by 1.5-2x). So clear choices probe
+    eight times less often, and each Choice starts its count at its own
+    phase, so that probes fall in different steps."""
 
     WARMUP = 2        # calls not timed, one each way
     TRIALS = 3        # timed calls each way before choosing
     PROBE = 16
+    PROBE_CLEAR = 128
+    CLEAR = 1.25      # a median ratio beyond this (or below its inverse) is a clear choice
     KEEP = 5
+    _made = itertools.count()
 
     def __init__(self):
         self._lanes = 0
+        self._phase = next(Choice._made) * 7
 
     def _reset(self, lanes):
         self._lanes, self._calls = lanes, 0
         self._last = {}                                   # way -> (call number, seconds)
         self._ratios = collections.deque(maxlen=self.KEEP)
+        self._median = None
 
     def parallel(self, lanes):
         """Whether the next call with `lanes` lanes runs them at once."""
@@ -126,11 +141,16 @@ class Choice:
         if self._calls <= self.WARMUP + 2 * self.TRIALS:
             return self._calls % 2 == 1
         best = self.best()
-        return best if self._calls % self.PROBE else not best
+        return best if (self._calls + self._phase) % self.interval() else not best
 
     def best(self):
         """The way that is faster so far (at once: True)."""
-        return statistics.median(self._ratios) <= 1.0 if self._ratios else True
+        return self._median is None or self._median <= 1.0
+
+    def interval(self):
+        """Calls per probe of the slower way, as the ratios stand now."""
+        clear = self._median is not None and not 1 / self.CLEAR <= self._median <= self.CLEAR
+        return self.PROBE_CLEAR if clear else self.PROBE
 
     def record(self, parallel, seconds):
         if self._calls <= self.WARMUP:
@@ -139,6 +159,7 @@ class Choice:
         if other is not None and other[0] == self._calls - 1:     # a pair
             at_once, in_turn = (seconds, other[1]) if parallel else (other[1], seconds)
             self._ratios.append(at_once / max(in_turn, 1e-9))
+            self._median = statistics.median(self._ratios)
         self._last[parallel] = (self._calls, seconds)
 
 

@@ -30,13 +30,50 @@ def test_choice_settles_on_the_faster_way(on_pool, on_caller, faster):
     for _ in range(trials):
         threads.run(tasks, choice)
     assert choice.best() is faster
+    # 2x apart is a clear choice: the other way is tried once in PROBE_CLEAR calls.
+    assert choice.interval() == choice.PROBE_CLEAR
     del seen[:]
-    calls = choice.PROBE
+    calls = choice.interval()
     for _ in range(calls):
         threads.run(tasks, choice)
-    # One call in PROBE tries the other way; every other call runs the faster one.
+    # One call in the interval tries the other way; every other call runs the faster one.
     on_pool_calls = seen.count(False)
     assert on_pool_calls == (calls - 1 if faster else 1)
+
+
+def drive(choice, at_once, in_turn, calls):
+    """`calls` calls of a Choice whose ways take these (made-up) times;
+    returns the ways it picked."""
+    ways = []
+    for _ in range(calls):
+        way = choice.parallel(2)
+        choice.record(way, at_once if way else in_turn)
+        ways.append(way)
+    return ways
+
+
+def test_probes_are_rarer_once_one_way_is_clearly_faster():
+    choice = threads.Choice()
+    settle = choice.WARMUP + 2 * choice.TRIALS
+    drive(choice, 1.1, 1.0, settle)                 # 10% apart: not clear
+    assert choice.best() is False and choice.interval() == choice.PROBE
+    ways = drive(choice, 1.1, 1.0, choice.PROBE)
+    assert ways.count(True) == 1                    # one probe at once per PROBE calls
+    drive(choice, 0.5, 1.0, 4 * choice.PROBE)       # now at once takes half the time
+    assert choice.best() is True and choice.interval() == choice.PROBE_CLEAR
+    ways = drive(choice, 0.5, 1.0, choice.PROBE_CLEAR)
+    assert ways.count(False) == 1
+
+
+def test_choices_probe_in_different_calls():
+    """Ops make their Choices together and are called once a step each:
+    their probes fall in different steps, not all in one."""
+    choices = [threads.Choice() for _ in range(4)]
+    probes = []
+    for choice in choices:
+        ways = drive(choice, 0.9, 1.0, choice.WARMUP + 2 * choice.TRIALS + choice.PROBE)
+        probes.append(ways.index(False, choice.WARMUP + 2 * choice.TRIALS))
+    assert len(set(probes)) == len(probes)
 
 
 def test_choice_measures_again_when_the_lanes_change():
