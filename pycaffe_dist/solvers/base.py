@@ -98,6 +98,7 @@ class Solver:
         self.history = [xp.zeros(n, self.dtype) for _ in range(n_history)]
         self._blocks = _update_blocks(self.net.learnable, self.dtype.type)
         self._scratch = []                 # a block-sized buffer per thread the update runs on
+        self._lane_runs = {}               # thread count -> the blocks each thread updates
         self._update_choice = threads.Choice()   # its threads at once or one after another, as measured
         self._mults = None                 # per-element lr/decay multipliers, built for the GPU kernels only
         self.iteration_timer = time.time()
@@ -360,10 +361,36 @@ class Solver:
                 self.rule(xp, p, gb, lr_mult * rate, [h[start:stop] for h in self.history], tb, self.iter)
                 wb -= gb
 
-        runs = threads.split(self._blocks, min(threads.count(xp), len(self._blocks)) or 1)
+        runs = self._lane_blocks(threads.count(xp))
         if len(self._scratch) != len(runs):
             self._scratch = [xp.empty(_BLOCK, self.dtype) for _ in runs]
         threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, self._scratch)], self._update_choice)
+
+    def _lane_blocks(self, lanes):
+        """The update blocks cut into `lanes` runs of nearly equal element
+        counts (a block across a boundary is cut there): runs of whole blocks
+        gave LeNet's two lanes 288K and 144K elements (ip1's weights are 400K
+        of its 431K), the second lane waiting for the first."""
+        cached = self._lane_runs.get(lanes)
+        if cached is None:
+            total = sum(stop - start for start, stop, _, _ in self._blocks)
+            bounds = [total * k // lanes for k in range(1, lanes)]
+            cached, run, seen = [], [], 0
+            for start, stop, lr_mult, decay_mult in self._blocks:
+                while bounds and seen + (stop - start) > bounds[0]:
+                    cut = start + bounds.pop(0) - seen
+                    if cut > start:
+                        run.append((start, cut, lr_mult, decay_mult))
+                    seen += cut - start
+                    start = cut
+                    cached.append(run)
+                    run = []
+                if stop > start:
+                    run.append((start, stop, lr_mult, decay_mult))
+                    seen += stop - start
+            cached.append(run)
+            cached = self._lane_runs[lanes] = [r for r in cached if r] or [[]]
+        return cached
 
     def per_element_mults(self):
         """(lr_mult, decay_mult) as flat per-element arrays (the GPU update kernels read them)."""

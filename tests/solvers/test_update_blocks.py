@@ -50,7 +50,7 @@ def whole_buffer_update(s, g, w, history, rate):
 
 @pytest.mark.parametrize("solver_type", sorted(updates.RULES))
 @pytest.mark.parametrize("regularization", ["L2", "L1"])
-@pytest.mark.parametrize("thread_count", [1, 2])
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
 def test_blocked_update_equals_the_whole_buffer_formulas(monkeypatch, solver_type, regularization, thread_count):
     monkeypatch.setattr(base, "_BLOCK", 4)           # blocks that cut through parameters
     monkeypatch.setattr(threads, "count", lambda xp=numpy: thread_count)
@@ -68,3 +68,19 @@ def test_blocked_update_equals_the_whole_buffer_formulas(monkeypatch, solver_typ
         for got, want in zip(s.history, history):
             assert got.tobytes() == want.tobytes()
     assert numpy.abs(w - s.net.flat_data).max() == 0 and numpy.abs(history[0]).max() > 0
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 4])
+def test_the_threads_get_equal_shares_of_the_update(lanes):
+    """Each thread's run of blocks holds the same number of elements, give or
+    take one, and together they are the blocks in order, multipliers kept."""
+    s = solver("SGD", "L2")
+    runs = s._lane_blocks(lanes)
+    sizes = [sum(stop - start for start, stop, _, _ in run) for run in runs]
+    assert len(runs) == lanes and max(sizes) - min(sizes) <= 1
+    pieces = [block for run in runs for block in run]
+    assert pieces[0][0] == s._blocks[0][0] and pieces[-1][1] == s._blocks[-1][1]
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    for start, stop, lr_mult, decay_mult in pieces:
+        whole = next(b for b in s._blocks if b[0] <= start and stop <= b[1])
+        assert (lr_mult, decay_mult) == whole[2:]
