@@ -14,10 +14,13 @@ numpy reaches in the same process at that thread count (a 1024^3 product),
 and each framework's time as a fraction of it (1.0 would be GEMMs at full
 rate and nothing else). With --memory, each framework also trains a few
 iterations in a fresh process of its own, and its peak resident memory
-(VmHWM) above what it held after its imports is printed.
+(VmHWM) above what it held after its imports is printed. With
+--processes K each thread count's worker runs K times and every figure is
+the median over those processes, each process's medians printed too: one
+PyTorch process can run 20% faster than the next.
 
     .venv/bin/python bench/bench_step.py [--threads 1,2] [--nets lenet,cifar10_quick,cifar10_full,caffenet]
-        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads]
+        [--steps 40] [--rounds 4] [--memory] [--clock wall|thread] [--before-threads] [--processes K]
         [--interleave [--stat min] [--before-fft]]
 
 With --before-threads a third runner takes part in the rounds: pycaffe_dist
@@ -273,6 +276,14 @@ def _child(args, threads):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _over_processes(runs):
+    """Each figure's median over the worker processes' results (one process
+    of PyTorch can run 20% faster than the next: its per-process medians
+    for cifar10_quick at two threads went from 37.7 to 48.2 ms in six runs)."""
+    return {name: {key: statistics.median(run[name][key] for run in runs) for key in runs[0][name]}
+            for name in runs[0]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2")
@@ -282,6 +293,9 @@ def main():
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="thread: time 1-thread runs in thread CPU time (less disturbed on a busy machine)")
     ap.add_argument("--memory", action="store_true", help="also peak resident memory, each framework alone")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="without --interleave: run each thread count's worker this many times and report "
+                         "the median of the processes' medians (and each one's)")
     ap.add_argument("--before-threads", action="store_true",
                     help="also pycaffe_dist with issue #8's thread paths off, in the same rounds")
     ap.add_argument("--before-fft", action="store_true",
@@ -328,9 +342,16 @@ def main():
             found = everything[threads]
         else:
             load = os.getloadavg()[0]
-            found = _child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
+            runs = [_child(["--worker", "--nets", args.nets, "--steps", str(args.steps),
                             "--rounds", str(args.rounds), "--clock", args.clock]
                            + ["--before-threads"] * args.before_threads, threads)
+                    for _ in range(args.processes)]
+            found = _over_processes(runs)
+            if args.processes > 1:
+                for name in found:
+                    print("# %s, %s threads, each process's median ms: %s" % (name, threads, "; ".join(
+                        "%s %s" % (runner, " ".join("%.2f" % run[name][runner] for run in runs))
+                        for runner in ("pycaffe_dist", "before", "pytorch") if runner in found[name])))
         by_threads[threads] = found
         for name, r in found.items():
             floor = r["gflop"] / r["sgemm"] * 1000

@@ -205,7 +205,8 @@ class Convolution:
         if xp is not numpy:
             return [[(0, n)]], n
         size = min(conv_cost.images_per_chunk(_budget(p, lanes), p.image_bytes(itemsize), n) for p in passes)
-        count = min(n, -(-(-(-n // max(1, size))) // lanes) * lanes)
+        count = -(-n // max(1, size))                   # chunks of at most `size` images...
+        count = min(n, -(-count // lanes) * lanes)      # ...as many as a multiple of the lanes
         chunks = [(n * k // count, n * (k + 1) // count) for k in range(count)]
         return [run for run in threads.split(chunks, min(lanes, len(chunks))) if run], -(-n // count)
 
