@@ -38,6 +38,30 @@ def _update_blocks(learnable, scalar):
             blocks.append((b, min(b + _BLOCK, stop), lr_mult, decay_mult))
     return blocks
 
+def lane_blocks(blocks, lanes):
+    """`blocks` cut into `lanes` runs of nearly equal element counts (a block
+    across a boundary is cut there): runs of whole blocks gave LeNet's two
+    lanes 288K and 144K elements (ip1's weights are 400K of its 431K), the
+    second lane waiting for the first."""
+    total = sum(stop - start for start, stop, _, _ in blocks)
+    bounds = [total * k // lanes for k in range(1, lanes)]
+    runs, run, seen = [], [], 0
+    for start, stop, lr_mult, decay_mult in blocks:
+        while bounds and seen + (stop - start) > bounds[0]:
+            cut = start + bounds.pop(0) - seen
+            if cut > start:
+                run.append((start, cut, lr_mult, decay_mult))
+            seen += cut - start
+            start = cut
+            runs.append(run)
+            run = []
+        if stop > start:
+            run.append((start, stop, lr_mult, decay_mult))
+            seen += stop - start
+    runs.append(run)
+    return [r for r in runs if r] or [[]]
+
+
 STOP, SNAPSHOT = "stop", "snapshot"
 
 
@@ -361,36 +385,13 @@ class Solver:
                 self.rule(xp, p, gb, lr_mult * rate, [h[start:stop] for h in self.history], tb, self.iter)
                 wb -= gb
 
-        runs = self._lane_blocks(threads.count(xp))
+        lanes = threads.count(xp)
+        runs = self._lane_runs.get(lanes)
+        if runs is None:
+            runs = self._lane_runs[lanes] = lane_blocks(self._blocks, lanes)
         if len(self._scratch) != len(runs):
             self._scratch = [xp.empty(_BLOCK, self.dtype) for _ in runs]
         threads.run([functools.partial(update, run, tmp) for run, tmp in zip(runs, self._scratch)], self._update_choice)
-
-    def _lane_blocks(self, lanes):
-        """The update blocks cut into `lanes` runs of nearly equal element
-        counts (a block across a boundary is cut there): runs of whole blocks
-        gave LeNet's two lanes 288K and 144K elements (ip1's weights are 400K
-        of its 431K), the second lane waiting for the first."""
-        cached = self._lane_runs.get(lanes)
-        if cached is None:
-            total = sum(stop - start for start, stop, _, _ in self._blocks)
-            bounds = [total * k // lanes for k in range(1, lanes)]
-            cached, run, seen = [], [], 0
-            for start, stop, lr_mult, decay_mult in self._blocks:
-                while bounds and seen + (stop - start) > bounds[0]:
-                    cut = start + bounds.pop(0) - seen
-                    if cut > start:
-                        run.append((start, cut, lr_mult, decay_mult))
-                    seen += cut - start
-                    start = cut
-                    cached.append(run)
-                    run = []
-                if stop > start:
-                    run.append((start, stop, lr_mult, decay_mult))
-                    seen += stop - start
-            cached.append(run)
-            cached = self._lane_runs[lanes] = [r for r in cached if r] or [[]]
-        return cached
 
     def per_element_mults(self):
         """(lr_mult, decay_mult) as flat per-element arrays (the GPU update kernels read them)."""

@@ -250,7 +250,8 @@ def fake_solver(solver_type, xp, values, **fields):
     return types.SimpleNamespace(
         param=param, path="<test>", type=solver_type, iter=4, is_root=True, rule=rule,
         net=types.SimpleNamespace(xp=xp, flat_data=w, flat_diff=g), history=history[:count],
-        dtype=numpy.dtype(DTYPE), _scratch=[], _update_choice=None, per_element_mults=lambda: (lr_mult, decay_mult),
+        dtype=numpy.dtype(DTYPE), _scratch=[], _lane_runs={}, _update_choice=None,
+        per_element_mults=lambda: (lr_mult, decay_mult),
         # the numpy update's blocks: one element each, so every element has its own multipliers
         _blocks=[(i, i + 1, DTYPE(values[2][i]), DTYPE(values[3][i])) for i in range(n)],
         learning_rate=lambda: 0.05)

@@ -75,7 +75,7 @@ def test_the_threads_get_equal_shares_of_the_update(lanes):
     """Each thread's run of blocks holds the same number of elements, give or
     take one, and together they are the blocks in order, multipliers kept."""
     s = solver("SGD", "L2")
-    runs = s._lane_blocks(lanes)
+    runs = base.lane_blocks(s._blocks, lanes)
     sizes = [sum(stop - start for start, stop, _, _ in run) for run in runs]
     assert len(runs) == lanes and max(sizes) - min(sizes) <= 1
     pieces = [block for run in runs for block in run]
