@@ -71,8 +71,10 @@ def test_lrn_on_several_threads_matches_one(region, monkeypatch):
     x = rng.standard_normal((5, 6, 4, 3))
     dy = rng.standard_normal(x.shape)
     results = []
-    for count in (1, 2, 3):
+    # one run per thread, then runs cut into chunks of one and of two images (lrn.CHUNK_BYTES)
+    for count, chunk in [(1, 1 << 40), (2, 1 << 40), (3, 1 << 40), (1, 1), (2, 2 * x[0].nbytes)]:
         monkeypatch.setattr(threads, "count", lambda xp=None, count=count: count)
+        monkeypatch.setattr(lrn, "CHUNK_BYTES", chunk)
         layer = make_layer('name: "n" type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 '
                            'norm_region: %s }' % region)
         bottom, top = [blob_of(x)], tops()
@@ -91,7 +93,7 @@ def test_lrn_on_several_threads_matches_one(region, monkeypatch):
         up = lrn_reference(x + step, 3, 0.5, 0.75, 2.0, region == "ACROSS_CHANNELS")
         down = lrn_reference(x - step, 3, 0.5, 0.75, 2.0, region == "ACROSS_CHANNELS")
         assert abs(((up - down) * dy).sum() / 2e-6 - results[0][1][index]) < 1e-6
-    for got in results[1:]:         # every step is elementwise within an image: the same bits
+    for got in results[1:]:         # every step is elementwise within an image: the same bits at any cut
         for a, b in zip(results[0], got):
             numpy.testing.assert_array_equal(a, b)
 

@@ -492,13 +492,14 @@ def test_lrn_gradients(region, size, alpha, beta, k):
                    threshold=1e-2, max_points=80)
 
 
-def test_lrn_in_place_matches_separate_top():
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_in_place_matches_separate_top(region):
     rng = numpy.random.default_rng(12)
     x = rng.standard_normal((2, 5, 3, 3))
     dy = rng.standard_normal(x.shape)
     results = []
     for in_place in (False, True):
-        layer = lrn_layer("ACROSS_CHANNELS", 3, 1.0, 0.75, 1.0)
+        layer = lrn_layer(region, 3, 1.0, 0.75, 1.0)
         bottom = [blob(x)]
         top = bottom if in_place else [Blob((), dtype=F64)]
         layer.setup(bottom, top)
