@@ -84,7 +84,7 @@ class LRN:
     def _slack(self, big_w):
         return (self.size - 1) * (big_w + 1)
 
-    def _box_sum(self, xp, grid, out, n0, n1, shape):
+    def _box_sum(self, xp, grid, out, n0, n1, shape, lane):
         """WITHIN_CHANNEL: out[n0:n1] = each position's size x size box sum
         of the flat zero-bordered `grid` (_padded). The sums run over whole
         flat slices, along the rows and then down the columns, with the box's
@@ -98,23 +98,25 @@ class LRN:
         s, big_w = self.size, w + self.size - 1
         plane = (h + s - 1) * big_w
         a, b = n0 * c * plane, n1 * c * plane
-        # Each lane sums its own planes' rows; a column sum past its last
-        # plane's rows reads another lane's (or the zero slack): garbage only.
-        rows = self.workspace.get("rows", (grid.size,), grid.dtype, xp, fill=0)
-        boxes = self.workspace.get("boxes", (grid.size,), grid.dtype, xp)
+        # The sums go to the lane's own chunk-sized buffers; the column sums
+        # read past the chunk's rows into zero slack (garbage outputs only).
+        size = b - a
+        rows = self.workspace.prefix(f"rows{lane}", (size + (s - 1) * big_w,), grid.dtype, xp)
+        boxes = self.workspace.prefix(f"boxes{lane}", (size,), grid.dtype, xp)
+        rows[size:] = 0
         if s == 1:
-            xp.copyto(rows[a:b], grid[a:b])
+            xp.copyto(rows[:size], grid[a:b])
         else:
-            xp.add(grid[a:b], grid[a + 1:b + 1], out=rows[a:b])
+            xp.add(grid[a:b], grid[a + 1:b + 1], out=rows[:size])
             for t in range(2, s):
-                rows[a:b] += grid[a + t:b + t]
+                rows[:size] += grid[a + t:b + t]
         if s == 1:
-            xp.copyto(boxes[a:b], rows[a:b])
+            xp.copyto(boxes, rows[:size])
         else:
-            xp.add(rows[a:b], rows[a + big_w:b + big_w], out=boxes[a:b])
+            xp.add(rows[:size], rows[big_w:size + big_w], out=boxes)
             for t in range(2, s):
-                boxes[a:b] += rows[a + t * big_w:b + t * big_w]
-        valid = boxes[a:b].reshape((n1 - n0) * c, h + s - 1, big_w)[:, :h, :w]
+                boxes += rows[t * big_w:size + t * big_w]
+        valid = boxes.reshape((n1 - n0) * c, h + s - 1, big_w)[:, :h, :w]
         xp.copyto(out[n0:n1].reshape(valid.shape), valid)
 
     def _images(self, array, n0, n1, channels):
@@ -142,10 +144,10 @@ class LRN:
         for t in range(1, self.size):
             total += partial[:, t:t + h]
 
-    def _sum(self, xp, buf, out, partial, n0, n1, shape):
+    def _sum(self, xp, buf, out, partial, n0, n1, shape, lane):
         """out[n0:n1] = the window sums of images [n0, n1) of buf (_padded)."""
         if not self.across_channels and WITHIN_FLAT:
-            return self._box_sum(xp, buf, out, n0, n1, shape)
+            return self._box_sum(xp, buf, out, n0, n1, shape, lane)
         c = shape[1]
         if not self.across_channels:
             n, c, h, w = shape
@@ -164,17 +166,19 @@ class LRN:
         return self.size if self.across_channels else self.size * self.size
 
     def _each_run(self, xp, x, body, choice):
-        """body(n0, n1) over runs of images, one run per op thread (ops/threads.py);
-        every step is elementwise within an image, so the split changes no result."""
+        """body(lane, n0, n1) over runs of images, one run per op thread
+        (ops/threads.py) taken in CHUNK_BYTES chunks; every step is
+        elementwise within an image, so the cuts change no result."""
         n = x.shape[0]
         parts = min(threads.count(xp), n) if x.size >= SPLIT_ELEMENTS else 1
         runs = [(r.start, r.stop) for r in threads.split(range(n), parts)]
         chunk = max(1, CHUNK_BYTES // max(1, x[0].nbytes)) if xp is numpy else n
 
-        def lane(n0, n1):
+        def lane(k, n0, n1):
             for m0 in range(n0, n1, chunk):
-                body(m0, min(n1, m0 + chunk))
-        threads.run([functools.partial(lane, n0, n1) for n0, n1 in runs if n1 > n0], self._choices[choice])
+                body(k, m0, min(n1, m0 + chunk))
+        threads.run([functools.partial(lane, k, n0, n1) for k, (n0, n1) in enumerate(runs) if n1 > n0],
+                    self._choices[choice])
 
     # -- the op --------------------------------------------------------------------------
     def forward(self, x, y):
@@ -195,10 +199,10 @@ class LRN:
         alpha = self.alpha / self._window()
         shift = self.k if self.across_channels else 1.0
 
-        def run(n0, n1):
+        def run(lane, n0, n1):
             xs, sc = x[n0:n1], scale[n0:n1]
             xp.multiply(xs, xs, out=interior[n0:n1])
-            self._sum(xp, buf, scale, partial, n0, n1, x.shape)
+            self._sum(xp, buf, scale, partial, n0, n1, x.shape, lane)
             sc *= alpha
             sc += shift
             negative_power(xp, sc, self.beta, powered[n0:n1], total[n0:n1])
@@ -220,14 +224,14 @@ class LRN:
         total = self.workspace.get("total", x.shape, x.dtype, xp)
         factor = 2.0 * self.alpha * self.beta / self._window()
 
-        def run(n0, n1):
+        def run(lane, n0, n1):
             # dy * y / scale, with y recomputed: the top may have been changed in place since.
             inner, xs, dys = interior[n0:n1], x[n0:n1], dy[n0:n1]
             xp.multiply(dys, xs, out=inner)
             inner *= powered[n0:n1]
             inner /= scale[n0:n1]
             tot = total[n0:n1]
-            self._sum(xp, buf, total, partial, n0, n1, x.shape)
+            self._sum(xp, buf, total, partial, n0, n1, x.shape, lane)
             tot *= xs
             tot *= factor
             xp.multiply(dys, powered[n0:n1], out=dx[n0:n1])
