@@ -11,6 +11,7 @@ from pycaffe_dist.blob import Blob
 from pycaffe_dist.gradient_check import check_gradient
 from pycaffe_dist.layers import LayerError, layer_class
 from pycaffe_dist.proto import caffe_pb2
+from tests.layers.test_common import assert_same_on_both_backends, needs_gpu
 
 F64 = numpy.float64
 
@@ -510,6 +511,16 @@ def test_lrn_in_place_matches_separate_top(region):
         results.append((y, bottom[0].diff.copy()))
     for a, b in zip(*results):
         numpy.testing.assert_allclose(a, b)
+
+
+@needs_gpu
+@pytest.mark.parametrize("region, size, alpha, beta, k", LRN_CASES)
+def test_lrn_numpy_and_cupy_agree(region, size, alpha, beta, k):
+    """ACROSS_CHANNELS runs CUDA kernels on a GPU; WITHIN_CHANNEL runs the
+    CPU's array code (flat box sums) on CuPy arrays."""
+    x = numpy.random.default_rng(13).standard_normal((3, 7, 6, 5))
+    assert_same_on_both_backends('name: "n" type: "LRN" lrn_param { norm_region: %s local_size: %d alpha: %g '
+                                 'beta: %g k: %g }' % (region, size, alpha, beta, k), [x])
 
 
 def test_lrn_rejects_even_local_size():
