@@ -215,7 +215,10 @@ class _Lane(threading.Thread):
 
 
 def _forget_lanes():
-    """In a forked child the lanes' threads are gone: start new ones on demand."""
+    """In a forked child the lanes' threads are gone (and the lock may have
+    been held by one of the parent's threads): start afresh on demand."""
+    global _lock
+    _lock = threading.Lock()
     _state["lanes"] = []
 
 

@@ -174,3 +174,25 @@ def test_the_net_tells_its_convolutions_which_need_an_input_gradient():
     net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
     ops = {name: net.layers[net.layer_index(name)].op for name in ("c1", "c2")}
     assert ops["c1"].needs_dx is False and ops["c2"].needs_dx is True
+
+
+def test_a_forked_child_runs_lanes_on_threads_of_its_own(monkeypatch):
+    """The parent's lane threads do not exist in a forked child (a data
+    worker, a test harness): the child's first split op starts its own
+    instead of waiting forever on the parent's queues."""
+    import os
+    import signal
+    monkeypatch.setattr(threads, "count", lambda xp=None: 2)
+    names = []
+    threads.run([lambda: None, lambda: names.append(threading.current_thread().name)])
+    assert names and names[0].startswith("pycaffe-dist-op")
+    pid = os.fork()
+    if pid == 0:    # the child: a hang ends it by the alarm, a wrong result by its exit status
+        signal.alarm(20)
+        try:
+            ok = threads.run([lambda: 1, lambda: threading.current_thread().name]) == [1, names[0]]
+            os._exit(0 if ok else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
