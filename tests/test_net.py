@@ -171,3 +171,70 @@ def test_after_backward_hooks_run_in_reverse_layer_order():
     net.forward()
     net.backward()
     assert [net.layer_names[i] for i in seen] == ["loss", "ip2", "relu1", "ip1"]
+
+
+CONV_RELU = '''
+name: "fused"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 4 dim: 3 dim: 12 dim: 11 } shape { dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 }
+                            bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "relu2" type: "ReLU" bottom: "pool" top: "pool" }
+layer { name: "leaky" type: "ReLU" bottom: "pool" top: "pool" relu_param { negative_slope: 0.1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "relu3" type: "ReLU" bottom: "ip" top: "ip" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+'''
+
+
+def fused_pair(monkeypatch, fuse):
+    from pycaffe_dist import net as net_module
+    monkeypatch.setattr(net_module, "FUSE_RELU", fuse)
+    net = build(CONV_RELU)
+    rng = numpy.random.default_rng(8)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, 3, 4)
+    net.flat_data[...] = rng.standard_normal(net.flat_data.shape).astype(net.flat_data.dtype)
+    return net
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_relu_in_place_after_convolution_or_max_pooling_is_fused_with_the_same_results(monkeypatch, lanes):
+    from pycaffe_dist.ops import threads
+    monkeypatch.setattr(threads, "count", lambda xp=None: lanes)
+    plain, fused = fused_pair(monkeypatch, False), fused_pair(monkeypatch, True)
+    # after the convolution and the max pooling; not the leaky one, not after InnerProduct
+    assert [fused.layer_names[i] for i, f in enumerate(fused._fused) if f] == ["relu1", "relu2"]
+    skipped = []
+    for name in ("relu1", "relu2"):
+        layer = fused.layers[fused.layer_index(name)]
+        monkeypatch.setattr(layer, "forward", lambda bottom, top, name=name: skipped.append(name))
+    for net in (plain, fused):
+        net.forward()
+        net.backward()
+    assert skipped == []                # the convolution and the pooling applied them
+    assert (plain.blobs["conv"].data == 0).any()
+    for name in plain.blobs:
+        numpy.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data, err_msg=name)
+        numpy.testing.assert_array_equal(fused.blobs[name].diff, plain.blobs[name].diff, err_msg=name)
+    numpy.testing.assert_array_equal(fused.flat_diff, plain.flat_diff)
+
+
+def test_fused_relus_run_on_their_own_where_a_forward_stops_between_or_hooks_look(monkeypatch):
+    net = fused_pair(monkeypatch, True)
+    net.forward(end="conv")             # pycaffe's forward(end=...) sees the convolution's own output
+    assert (net.blobs["conv"].data < 0).any()
+    net.forward(start="relu1", end="relu1")
+    assert (net.blobs["conv"].data >= 0).all()
+    seen = []
+    net.before_forward_hooks.append(seen.append)   # a per-layer look (pycaffe's hooks, the layer timer)
+    relu = net.layers[net.layer_index("relu1")]
+    calls = []
+    original = relu.forward
+    monkeypatch.setattr(relu, "forward", lambda bottom, top: calls.append(1) or original(bottom, top))
+    net.forward()
+    assert calls == [1] and len(seen) == len(net.layers)

@@ -67,6 +67,14 @@ class Layer:
     is_loss = False
     # False for layers that never propagate to bottoms (data, accuracy).
     allow_backward = True
+    # Set by Net for one forward call: also apply the in-place ReLU that
+    # follows (see fuses_relu); the ReLU layer's own forward is then skipped.
+    fused_relu = False
+
+    def fuses_relu(self):
+        """Whether forward can apply max(top, 0) itself (fused_relu), as
+        the data comes out of its threads' lanes."""
+        return False
 
     def __init__(self, param, phase=0):
         self.param = param

@@ -105,6 +105,9 @@ class Pooling(Layer):
             return ops.GlobalMaxPooling()
         return make_pool_op(self.method, kernel, self.stride, self.pad, in_size, out)
 
+    def fuses_relu(self):
+        return self.method == PoolMethod.MAX and not self.global_pooling
+
     def forward(self, bottom, top):
         if self.method == PoolMethod.STOCHASTIC:
             self.op.forward(bottom[0].data, top[0].data, train=self.phase == caffe_pb2.TRAIN)
@@ -112,7 +115,10 @@ class Pooling(Layer):
         # The argmax is only needed to learn; a TEST forward skips it (backward
         # recomputes it if asked) unless the mask top wants it.
         track = self.phase == caffe_pb2.TRAIN or len(top) == 2
-        self.op.forward(bottom[0].data, top[0].data, track=track)
+        if self.fused_relu:
+            self.op.forward(bottom[0].data, top[0].data, track=track, relu=True)
+        else:
+            self.op.forward(bottom[0].data, top[0].data, track=track)
         if len(top) == 2:
             self.op.mask(top[1].data)
 

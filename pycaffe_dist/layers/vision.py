@@ -155,11 +155,14 @@ class Convolution(_WeightedConvolution):
     def weight_shape(self):
         return (self.num_output, self.channels // self.group) + self.geometry.kernel
 
+    def fuses_relu(self):
+        return True
+
     def forward(self, bottom, top):
         bias = self.blobs[1].data if self.bias_term else None
         for b, t in zip(bottom, top):
             x = b.data.reshape(self.in_shape)
-            self.op.forward(x, self.blobs[0].data, bias, t.data.reshape(self.out_shape))
+            self.op.forward(x, self.blobs[0].data, bias, t.data.reshape(self.out_shape), self.fused_relu)
 
     def expect_backward(self, bottom_needs):
         self.op.expect_dx(any(bottom_needs))

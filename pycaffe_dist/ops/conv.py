@@ -248,12 +248,14 @@ class Convolution:
             return self._fourier
         return self._minimal_filtering(xp, x_shape, outputs)
 
-    def forward(self, x, weight, bias, y):
-        """y = conv(x) + bias; bias may be None."""
+    def forward(self, x, weight, bias, y, relu=False):
+        """y = conv(x) + bias; bias may be None. With `relu`, y = max(y, 0)
+        too, each lane's part while it is in cache (a ReLU layer in place
+        after this one: Net fuses it)."""
         xp = backend.get_array_module(x)
         fast = self._fast_path(xp, x.shape, weight.shape[0])
         if fast is not None:
-            return fast.forward(x, weight, bias, y)
+            return fast.forward(x, weight, bias, y, relu)
         c, o = x.shape[1], weight.shape[0]
         layout = self._plan(x.shape, o, x.itemsize).layout
         lanes = threads.count(xp)
@@ -267,6 +269,8 @@ class Convolution:
             for n0, n1 in run:
                 key = (address, n0, n1)
                 cols.forward(cols.build(cols.load(x, n0, n1, capacity, key), key), wmat, y[n0:n1], bias)
+                if relu:
+                    xp.maximum(y[n0:n1], 0, out=y[n0:n1])
         threads.run([functools.partial(lane, cols, run) for cols, run in zip(passes, runs)], self._choices["forward"])
 
     def backward_data(self, dy, weight, dx):

@@ -244,10 +244,10 @@ class Fourier:
         cg, og = channels // self.group, outputs // self.group
         return [(part, slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)) for g, part in enumerate(self._parts)]
 
-    def forward(self, x, weight, bias, y):
+    def forward(self, x, weight, bias, y, relu=False):
         if self._parts:
             for part, cs, os in self._by_group(x.shape[1], weight.shape[0]):
-                part.forward(x[:, cs], weight[os], None if bias is None else bias[os], y[:, os])
+                part.forward(x[:, cs], weight[os], None if bias is None else bias[os], y[:, os], relu)
             return
         sh, k = self._sizes(x.shape)
         mats = self._matrices(x.shape, x.dtype)
@@ -267,6 +267,8 @@ class Fourier:
             numpy.matmul(mats[2], yf.reshape(k, 2 * sh, o * n), out=z)
             numpy.matmul(z.reshape(2 * k, ho, o, n).transpose(2, 1, 3, 0), mats[3].T,
                          out=y[n0:n1].transpose(1, 2, 0, 3))
+            if relu:
+                numpy.maximum(y[n0:n1], 0, out=y[n0:n1])
         threads.run([functools.partial(lane, i, *run) for i, run in enumerate(self._runs(x.shape[0]))],
                     self._choices["forward"])
 

@@ -100,10 +100,15 @@ class MaxPooling(TwoStage):
             plan.base = self._base(xp, nb)
         return plan
 
-    def forward(self, x, y, track=True):
-        """y = max over each window; with `track`, keep what backward needs."""
+    def forward(self, x, y, track=True, relu=False):
+        """y = max over each window; with `track`, keep what backward needs;
+        with `relu`, y = max(y, 0) too, block by block (an in-place ReLU
+        layer after this one: Net fuses it)."""
         if kernels.on_gpu(x):   # CuPy: one kernel (ops/kernels.py)
-            return kernels.max_pool_forward(self, x, y)
+            kernels.max_pool_forward(self, x, y)
+            if relu:
+                backend.get_array_module(y).maximum(y, 0, out=y)
+            return
         xp = backend.get_array_module(x)
         g = self.geometry
         planes, out = self._planes(x), self._planes(y)
@@ -125,6 +130,8 @@ class MaxPooling(TwoStage):
             op._chain_max(xp, plan.stage2, result, plan.wins2)
             if plan.result is not None:
                 out[p0:p1] = result[:, :oh, :ow]
+            if relu:
+                xp.maximum(out[p0:p1], 0, out=out[p0:p1])
             if track:
                 op._place(xp, plan, argmax[p0:p1])
         # The argmax indices count from the start of their block: backward

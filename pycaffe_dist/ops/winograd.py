@@ -315,7 +315,7 @@ class Winograd:
 
     # -- passes --------------------------------------------------------------
 
-    def forward(self, x, weight, bias, y):
+    def forward(self, x, weight, bias, y, relu=False):
         self.workspace = _shared_workspace()
         n, c = x.shape[:2]
         o = weight.shape[0]
@@ -329,6 +329,8 @@ class Winograd:
                 mm = self._prefix(index, "m", (self.a * self.a, o, s.tiles), x.dtype)
                 numpy.matmul(u, self._by_group_last(v, c).swapaxes(2, 3), out=self._by_group(mm, o))
                 self._output_transform(index, mm, y[n0:n1], s, bias)
+                if relu:
+                    numpy.maximum(y[n0:n1], 0, out=y[n0:n1])
         threads.run([functools.partial(lane, k, run) for k, run in enumerate(runs)], self._choices["forward"])
 
     def backward_data(self, dy, weight, dx):
