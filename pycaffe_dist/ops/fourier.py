@@ -212,7 +212,7 @@ class Fourier:
             out[:, o:, :c] = part[:, 1]
             out[:, o:, c:] = part[:, 0]
         # Serial, this was 0.8 ms of cifar10_quick conv2's 5.1 ms forward at two threads.
-        threads.run([functools.partial(make, bins) for bins in _parts(range(k * sh))], self._choices["weights"])
+        threads.run([functools.partial(make, bins) for bins in _parts(k * sh)], self._choices["weights"])
         numpy.copyto(made_from, weight)
         self._product_for = key
         return a
@@ -236,8 +236,7 @@ class Fourier:
     @staticmethod
     def _runs(n):
         """One contiguous run of images per lane (ops.threads)."""
-        lanes = min(threads.count(numpy), n)
-        return [(n * i // lanes, n * (i + 1) // lanes) for i in range(lanes)]
+        return [(part.start, part.stop) for part in _parts(n)]
 
     def _by_group(self, channels, outputs):
         """Each group's op with its input and output channel slices."""
@@ -343,13 +342,15 @@ class Fourier:
                 numpy.matmul(mats[4], dv.reshape(-1, o * c)[:, cols], out=grad[:, cols])
                 flat[cols] += grad[:, cols].T
             # Serial, this was 1.5 ms of cifar10_quick conv2's 6.9 ms backward at two threads.
-            threads.run([functools.partial(finish, outputs) for outputs in _parts(range(o))],
+            threads.run([functools.partial(finish, outputs) for outputs in _parts(o)],
                         self._choices["weight_grad"])
 
 
-def _parts(items):
-    """`items` (a range) cut into one range per lane of the ops' threads."""
-    return [part for part in threads.split(items, min(threads.count(numpy), len(items))) if len(part)]
+def _parts(count):
+    """range(count) cut into one contiguous range per lane of the ops'
+    threads (images, frequency bins, output channels)."""
+    lanes = min(threads.count(numpy), count)
+    return [range(count * i // lanes, count * (i + 1) // lanes) for i in range(lanes)]
 
 
 def _address(x):

@@ -30,10 +30,6 @@ SPLIT_ELEMENTS = 1 << 16    # smaller inputs run on one thread: the pool's hand-
 # ACROSS_CHANNELS layers x0.99.
 CHUNK_BYTES = 1 << 19
 
-# WITHIN_CHANNEL window sums over flat slices of the padded planes (False:
-# the strided per-plane form, for comparisons in bench/).
-WITHIN_FLAT = True
-
 
 def negative_power(xp, base, beta, out, scratch):
     """out = base ** -beta, with sqrt-based shortcuts for Caffe's usual betas
@@ -78,11 +74,8 @@ class LRN:
             return buf, buf[:, pre:pre + c].reshape(x.shape)
         big_h, big_w = h + self.size - 1, w + self.size - 1
         count = n * c * big_h * big_w
-        buf = self.workspace.get(name, (count + self._slack(big_w),), x.dtype, xp, fill=0)
+        buf = self.workspace.get(name, (count + (self.size - 1) * (big_w + 1),), x.dtype, xp, fill=0)
         return buf, buf[:count].reshape(n * c, big_h, big_w)[:, pre:pre + h, pre:pre + w].reshape(x.shape)
-
-    def _slack(self, big_w):
-        return (self.size - 1) * (big_w + 1)
 
     def _box_sum(self, xp, grid, out, n0, n1, shape, lane):
         """WITHIN_CHANNEL: out[n0:n1] = each position's size x size box sum
@@ -104,63 +97,29 @@ class LRN:
         rows = self.workspace.prefix(f"rows{lane}", (size + (s - 1) * big_w,), grid.dtype, xp)
         boxes = self.workspace.prefix(f"boxes{lane}", (size,), grid.dtype, xp)
         rows[size:] = 0
-        if s == 1:
-            xp.copyto(rows[:size], grid[a:b])
-        else:
-            xp.add(grid[a:b], grid[a + 1:b + 1], out=rows[:size])
-            for t in range(2, s):
-                rows[:size] += grid[a + t:b + t]
-        if s == 1:
-            xp.copyto(boxes, rows[:size])
-        else:
-            xp.add(rows[:size], rows[big_w:size + big_w], out=boxes)
-            for t in range(2, s):
-                boxes += rows[t * big_w:size + t * big_w]
+        self._shifted_sum(xp, grid[a:], rows[:size], 1)
+        self._shifted_sum(xp, rows, boxes, big_w)
         valid = boxes.reshape((n1 - n0) * c, h + s - 1, big_w)[:, :h, :w]
         xp.copyto(out[n0:n1].reshape(valid.shape), valid)
 
-    def _images(self, array, n0, n1, channels):
-        """Images [n0, n1) of a buffer laid out per image (across channels) or per plane."""
-        if self.across_channels:
-            return array[n0:n1]
-        return array[n0 * channels:n1 * channels]
-
-    def _window_sum(self, xp, buf, out, partial):
-        """out = sum over the window, read from the zero-bordered buffer;
-        `partial` is scratch for the separable within-channel box."""
-        n, c, h, w = out.shape
-        if self.across_channels:
-            total = out.reshape(n, c, h * w)
-            xp.copyto(total, buf[:, 0:c])
-            for t in range(1, self.size):
-                total += buf[:, t:t + c]
+    def _shifted_sum(self, xp, source, out, step):
+        """out = the sum over t < size of `source` shifted by t * step along
+        its first axis."""
+        m = len(out)
+        if self.size == 1:
+            xp.copyto(out, source[:m])
             return
-        # Separable box: columns first, then rows.
-        xp.copyto(partial, buf[:, :, 0:w])
-        for t in range(1, self.size):
-            partial += buf[:, :, t:t + w]
-        total = out.reshape(n * c, h, w)
-        xp.copyto(total, partial[:, 0:h])
-        for t in range(1, self.size):
-            total += partial[:, t:t + h]
+        xp.add(source[:m], source[step:step + m], out=out)
+        for t in range(2, self.size):
+            out += source[t * step:t * step + m]
 
-    def _sum(self, xp, buf, out, partial, n0, n1, shape, lane):
+    def _sum(self, xp, buf, out, n0, n1, shape, lane):
         """out[n0:n1] = the window sums of images [n0, n1) of buf (_padded)."""
-        if not self.across_channels and WITHIN_FLAT:
-            return self._box_sum(xp, buf, out, n0, n1, shape, lane)
-        c = shape[1]
         if not self.across_channels:
-            n, c, h, w = shape
-            big_h, big_w = h + self.size - 1, w + self.size - 1
-            buf = buf[:n * c * big_h * big_w].reshape(n * c, big_h, big_w)
-        self._window_sum(xp, self._images(buf, n0, n1, c), out[n0:n1],
-                         None if partial is None else self._images(partial, n0, n1, c))
-
-    def _partial(self, xp, x):
-        if self.across_channels or WITHIN_FLAT:
-            return None
-        n, c, h, w = x.shape
-        return self.workspace.get("partial", (n * c, h + self.size - 1, w), x.dtype, xp)
+            return self._box_sum(xp, buf, out, n0, n1, shape, lane)
+        n, c, h, w = shape
+        total = out[n0:n1].reshape(n1 - n0, c, h * w)
+        self._shifted_sum(xp, buf[n0:n1].transpose(1, 0, 2), total.transpose(1, 0, 2), 1)
 
     def _window(self):
         return self.size if self.across_channels else self.size * self.size
@@ -192,7 +151,6 @@ class LRN:
             xp.copyto(self._saved_x, x)
             x = self._saved_x
         buf, interior = self._padded(xp, x, "squares")
-        partial = self._partial(xp, x)
         scale = self.workspace.get("scale", x.shape, x.dtype, xp)
         powered = self.workspace.get("powered", x.shape, x.dtype, xp)
         total = self.workspace.get("total", x.shape, x.dtype, xp)
@@ -202,7 +160,7 @@ class LRN:
         def run(lane, n0, n1):
             xs, sc = x[n0:n1], scale[n0:n1]
             xp.multiply(xs, xs, out=interior[n0:n1])
-            self._sum(xp, buf, scale, partial, n0, n1, x.shape, lane)
+            self._sum(xp, buf, scale, n0, n1, x.shape, lane)
             sc *= alpha
             sc += shift
             negative_power(xp, sc, self.beta, powered[n0:n1], total[n0:n1])
@@ -220,7 +178,6 @@ class LRN:
         scale = self.workspace.get("scale", x.shape, x.dtype, xp)
         powered = self.workspace.get("powered", x.shape, x.dtype, xp)
         buf, interior = self._padded(xp, x, "squares")    # the squares are spent: the ratios reuse it
-        partial = self._partial(xp, x)
         total = self.workspace.get("total", x.shape, x.dtype, xp)
         factor = 2.0 * self.alpha * self.beta / self._window()
 
@@ -231,7 +188,7 @@ class LRN:
             inner *= powered[n0:n1]
             inner /= scale[n0:n1]
             tot = total[n0:n1]
-            self._sum(xp, buf, total, partial, n0, n1, x.shape, lane)
+            self._sum(xp, buf, total, n0, n1, x.shape, lane)
             tot *= xs
             tot *= factor
             xp.multiply(dys, powered[n0:n1], out=dx[n0:n1])

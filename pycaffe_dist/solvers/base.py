@@ -38,6 +38,7 @@ def _update_blocks(learnable, scalar):
             blocks.append((b, min(b + _BLOCK, stop), lr_mult, decay_mult))
     return blocks
 
+
 def lane_blocks(blocks, lanes):
     """`blocks` cut into `lanes` runs of nearly equal element counts (a block
     across a boundary is cut there): runs of whole blocks gave LeNet's two
